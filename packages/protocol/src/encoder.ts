@@ -4,6 +4,7 @@ import {
   isMessageType,
   MAX_FIELD_VARINT,
   MAX_STREAM_ID,
+  MessageType,
   type ProtocolVersion,
   WireType,
 } from './constants.js';
@@ -15,6 +16,36 @@ export interface EncodeMessageOptions {
   version?: ProtocolVersion;
   /** Refuse to produce a frame whose body exceeds this many bytes (the peer's limit). */
   maxFrameSize?: number;
+  /**
+   * Field order, by id (default ascending: 1 stream id, 2 parameters, 3 payload, 4 resource).
+   * Order carries no meaning; {@link legacyFieldOrder} gives the legacy client's order for
+   * byte-identical pv 0 frames.
+   */
+  fieldOrder?: readonly number[];
+}
+
+const ASCENDING = [FieldId.STREAM_ID, FieldId.PARAMETERS, FieldId.PAYLOAD, FieldId.RESOURCE] as const;
+
+/**
+ * The order in which the legacy (pv 0) IOTMP-Linux client inserts fields, per kind of
+ * message, as its frames in the reference vectors show. A numeric resource marks a server
+ * resource (RUN code, START_STREAM on events).
+ */
+export function legacyFieldOrder(msg: Message): readonly number[] {
+  const numericResource =
+    typeof msg.resource === 'number' || (msg.resource === undefined && typeof msg.payload === 'number');
+  switch (msg.type) {
+    case MessageType.CONNECT:
+      return [2, 3, 1];
+    case MessageType.RUN:
+      return numericResource ? [4, 2, 3, 1] : [1, 4, 2, 3];
+    case MessageType.START_STREAM:
+      return numericResource ? [3, 2, 1, 4] : [1, 2, 3, 4];
+    case MessageType.STREAM_DATA:
+      return [3, 1, 2, 4];
+    default:
+      return ASCENDING;
+  }
 }
 
 const psonV1: EncodeOptions = { version: 1 };
@@ -105,14 +136,22 @@ export function writeMessage(w: ByteWriter, msg: Message, options?: EncodeMessag
   if (streamId !== undefined) checkStreamId(streamId);
   const start = w.pos;
   try {
+    const order = options?.fieldOrder ?? ASCENDING;
     writeFramed(w, type, options?.maxFrameSize, () => {
-      if (streamId !== undefined) {
-        w.u8((FieldId.STREAM_ID << 3) | WireType.VARINT);
-        w.varint(streamId);
+      for (const id of order) {
+        if (id === FieldId.STREAM_ID) {
+          if (streamId !== undefined) {
+            w.u8((FieldId.STREAM_ID << 3) | WireType.VARINT);
+            w.varint(streamId);
+          }
+        } else if (id === FieldId.PARAMETERS) {
+          if (parameters !== undefined) writeField(w, id, parameters, version);
+        } else if (id === FieldId.PAYLOAD) {
+          if (payload !== undefined) writeField(w, id, payload, version);
+        } else if (id === FieldId.RESOURCE) {
+          if (resource !== undefined) writeField(w, id, resource, version);
+        }
       }
-      if (parameters !== undefined) writeField(w, FieldId.PARAMETERS, parameters, version);
-      if (payload !== undefined) writeField(w, FieldId.PAYLOAD, payload, version);
-      if (resource !== undefined) writeField(w, FieldId.RESOURCE, resource, version);
     });
   } catch (err) {
     w.pos = start; // leave the writer as it was: a failed message must not half-appear

@@ -16,6 +16,13 @@ export {
   type FrameDecoderOptions,
   type FrameHandler,
 } from './decoder.js';
-export { type EncodeMessageOptions, encodeFrame, encodeMessage, writeMessage } from './encoder.js';
+export {
+  type EncodeMessageOptions,
+  encodeFrame,
+  encodeMessage,
+  legacyFieldOrder,
+  writeMessage,
+} from './encoder.js';
 export { FrameError, FrameErrorCode, IotmpError } from './errors.js';
 export type { DecodedMessage, FrameField, Message } from './message.js';
+export * from './session/index.js';

@@ -7,6 +7,7 @@ import {
   encodeMessage,
   FrameErrorCode,
   type FrameField,
+  legacyFieldOrder,
   MessageType,
 } from '../src/index.js';
 import { collect, messageOf, plain } from './helpers.js';
@@ -89,6 +90,13 @@ describe('IOTMP frame vectors', () => {
           assert.equal(bytesToHex(encodeMessage(messageOf(v), { version: 1 })), v.hex);
         });
       } else {
+        it('encodeMessage with the legacy field order gives the legacy client bytes', () => {
+          const msg = messageOf(v);
+          assert.equal(
+            bytesToHex(encodeMessage(msg, { version: 0, fieldOrder: legacyFieldOrder(msg) })),
+            v.hex,
+          );
+        });
         it('encodeMessage (canonical order) round-trips in protocol version 0', () => {
           const bytes = encodeMessage(messageOf(v), { version: 0 });
           assert.equal(bytes.length, hexToBytes(v.hex).length, 'same size, only the field order differs');
