@@ -115,20 +115,23 @@ describe('malformed frames are skipped, the stream stays in sync', () => {
     // RUN sid 5, PAYLOAD = string of 5 bytes with only 2 present.
     const { messages, invalid } = collect([concat([hexToBytes('060608051a856162'), ok])]);
     assert.equal(invalid[0]?.code, FrameErrorCode.INVALID_PSON);
-    assert.equal((invalid[0]?.cause as { code?: string }).code, 'PSON_ERR_LENGTH_OUT_OF_RANGE');
+    assert.equal((invalid[0]?.cause as { code?: string } | undefined)?.code, 'PSON_ERR_LENGTH_OUT_OF_RANGE');
     assert.equal(invalid[0]?.streamId, 5);
     assert.equal(messages.length, 1);
   });
 
   it('skips a frame with invalid UTF-8 in a string field', () => {
     const { invalid } = collect([hexToBytes('06052283c3282a')]);
-    assert.equal((invalid[0]?.cause as { code?: string }).code, 'PSON_ERR_INVALID_UTF8');
+    assert.equal((invalid[0]?.cause as { code?: string } | undefined)?.code, 'PSON_ERR_INVALID_UTF8');
   });
 
   it('skips a frame with PSON nested deeper than the limit', () => {
     const deep = new Uint8Array(70).fill(0xe1); // 70 nested one-element arrays
     const frame = concat([hexToBytes('0648'), hexToBytes('1a'), deep, hexToBytes('00')]);
-    assert.equal((collect([frame]).invalid[0]?.cause as { code?: string }).code, 'PSON_ERR_DEPTH_EXCEEDED');
+    assert.equal(
+      (collect([frame]).invalid[0]?.cause as { code?: string } | undefined)?.code,
+      'PSON_ERR_DEPTH_EXCEEDED',
+    );
     assert.equal(collect([frame], { maxDepth: 100 }).messages.length, 1);
   });
 

@@ -117,7 +117,11 @@ function sensorResources(): ResourceRegistry {
   const r = new ResourceRegistry();
   let led = false;
   r.add('temperature', { output: () => ({ celsius: 22.5, humidity: 60 }) });
-  r.add('led', { input: (v) => void (led = (v as { state: boolean }).state) });
+  r.add('led', {
+    input: (v) => {
+      led = (v as { state: boolean }).state;
+    },
+  });
   r.add('ledState', { output: () => led });
   r.add('sum', {
     input: true,
@@ -342,7 +346,11 @@ describe('session: RUN and DESCRIBE', () => {
   it('RUN without a stream id runs the resource and sends no answer', async () => {
     let got: PsonValue | undefined;
     const r = new ResourceRegistry();
-    r.add('led', { input: (v) => void (got = v ?? null) });
+    r.add('led', {
+      input: (v) => {
+        got = v ?? null;
+      },
+    });
     const p = await connected({ resources: r });
     const before = p.deviceSent.length;
     p.server.runNoReply('led', { state: true });
@@ -501,7 +509,12 @@ describe('session: streams', () => {
   it('STREAM_DATA to a served stream runs its input and echoes the new state', async () => {
     let level = 0;
     const r = new ResourceRegistry();
-    r.add('dimmer', { input: (v) => void (level = v as number), output: () => level });
+    r.add('dimmer', {
+      input: (v) => {
+        level = v as number;
+      },
+      output: () => level,
+    });
     const p = await connected({ resources: r });
     const got: PsonValue[] = [];
     const stream = await p.server.openStream('dimmer', {}, { onData: (v) => got.push(v ?? null) });

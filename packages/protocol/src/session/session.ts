@@ -556,7 +556,9 @@ export class Session {
   stream(name: string, value?: PsonValue): number | Promise<number> {
     let targets: ServedStream[] | undefined;
     for (const s of this.served.values()) {
-      if (s.match.resource.pattern === name || s.match.path === name) (targets ??= []).push(s);
+      if (s.match.resource.pattern !== name && s.match.path !== name) continue;
+      if (targets) targets.push(s);
+      else targets = [s];
     }
     if (!targets) return 0;
     if (value !== undefined) {
