@@ -40,3 +40,4 @@ export {
   type SubscriptionHandlers,
 } from './session.js';
 export type { Transport, TransportHandler } from './transport.js';
+export { openBrowserWebSocket, WebSocketTransport } from './websocket-transport.js';

@@ -1,0 +1,71 @@
+/**
+ * A bounded queue read as an async iterator. When the reader falls behind by more than
+ * `capacity` items, the oldest are dropped (and counted): memory stays bounded whatever
+ * the producer does. `return()` (a `break` in `for await`) runs `onReturn` once.
+ */
+export class EventQueue<T> implements AsyncIterableIterator<T> {
+  private readonly items: T[] = [];
+  private readonly waiters: Array<(r: IteratorResult<T>) => void> = [];
+  private ended = false;
+  private failure: Error | undefined;
+  /** Items dropped because the reader was too slow. */
+  dropped = 0;
+
+  constructor(
+    private readonly capacity = 1000,
+    private readonly onReturn?: () => void,
+  ) {}
+
+  push(item: T): void {
+    if (this.ended) return;
+    const waiter = this.waiters.shift();
+    if (waiter) {
+      waiter({ value: item, done: false });
+      return;
+    }
+    this.items.push(item);
+    if (this.items.length > this.capacity) {
+      this.items.shift();
+      this.dropped++;
+    }
+  }
+
+  /** Ends the iteration (after the buffered items), with an error if given. */
+  end(error?: Error): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.failure = error;
+    if (this.items.length === 0) this.flushWaiters();
+  }
+
+  private flushWaiters(): void {
+    for (const w of this.waiters.splice(0)) w({ value: undefined, done: true });
+  }
+
+  next(): Promise<IteratorResult<T>> {
+    if (this.items.length > 0) return Promise.resolve({ value: this.items.shift() as T, done: false });
+    if (this.ended) {
+      if (this.failure) {
+        const err = this.failure;
+        this.failure = undefined;
+        return Promise.reject(err);
+      }
+      return Promise.resolve({ value: undefined, done: true });
+    }
+    return new Promise((resolve) => this.waiters.push(resolve));
+  }
+
+  return(): Promise<IteratorResult<T>> {
+    if (!this.ended) {
+      this.ended = true;
+      this.items.length = 0;
+      this.flushWaiters();
+      this.onReturn?.();
+    }
+    return Promise.resolve({ value: undefined, done: true });
+  }
+
+  [Symbol.asyncIterator](): AsyncIterableIterator<T> {
+    return this;
+  }
+}
