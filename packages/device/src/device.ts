@@ -83,9 +83,20 @@ export interface DeviceOptions {
 }
 
 /** Something to re-open on every new connection. */
-interface Subscription {
+/**
+ * A server subscription read with `for await`. `ready` resolves once the server accepted it
+ * (on the current connection, or the next one). Leaving the loop ends it on the server.
+ */
+export interface Subscription<T> extends AsyncIterableIterator<T> {
+  readonly ready: Promise<void>;
+  /** Items dropped because the reader fell behind by more than `subscriptionBuffer`. */
+  readonly dropped: number;
+}
+
+interface OpenSubscription {
   parameters: PsonValue;
   onData(payload: PsonValue | undefined): void;
+  onOpen(): void;
   stream: RemoteStream | undefined;
   active: boolean;
 }
@@ -116,7 +127,7 @@ export abstract class DeviceCore {
   private session: Session | undefined;
   private _status: DeviceStatus = { state: 'idle' };
   private readonly statusListeners = new Set<(s: DeviceStatus) => void>();
-  private readonly subscriptions = new Set<Subscription>();
+  private readonly subscriptions = new Set<OpenSubscription>();
   private readonly publishStreams = new Map<string, Promise<RemoteStream>>();
   private connecting: Promise<void> | undefined;
   private reconnectTimer: TimerHandle | undefined;
@@ -292,10 +303,11 @@ export abstract class DeviceCore {
     for (const sub of this.subscriptions) await this.openSubscription(session, sub);
   }
 
-  private async openSubscription(session: Session, sub: Subscription): Promise<void> {
+  private async openSubscription(session: Session, sub: OpenSubscription): Promise<void> {
     try {
       sub.stream = await session.subscribe(sub.parameters, { onData: (p) => sub.onData(p) });
       if (!sub.active) await sub.stream.stop();
+      else sub.onOpen();
     } catch (err) {
       this.warn('subscription refused', { parameters: sub.parameters, error: String(err) });
       throw err;
@@ -461,7 +473,7 @@ export abstract class DeviceCore {
       (await stream).send(payload);
     },
     /** Messages published to topics matching `filter` (`+` and `#` wildcards). */
-    subscribe: (filter: string, options?: { qos?: 0 | 1 | 2 }): AsyncIterableIterator<TopicMessage> => {
+    subscribe: (filter: string, options?: { qos?: 0 | 1 | 2 }): Subscription<TopicMessage> => {
       const parameters: Record<string, PsonValue> = {
         event: 'device_topic_publish',
         scope: 'subscribe',
@@ -478,7 +490,7 @@ export abstract class DeviceCore {
 
   /** Server events (e.g. "device_state_change" of the user's devices). */
   readonly events = {
-    subscribe: (event: string, filters?: PsonValue): AsyncIterableIterator<PsonValue | undefined> => {
+    subscribe: (event: string, filters?: PsonValue): Subscription<PsonValue | undefined> => {
       const parameters: Record<string, PsonValue> = { event };
       if (filters !== undefined) parameters.filters = filters;
       return this.subscribeEvents(parameters, (p) => p);
@@ -492,10 +504,11 @@ export abstract class DeviceCore {
   private subscribeEvents<T>(
     parameters: PsonValue,
     map: (payload: PsonValue | undefined) => T,
-  ): AsyncIterableIterator<T> {
-    const sub: Subscription = {
+  ): Subscription<T> {
+    const sub: OpenSubscription = {
       parameters,
       onData: (p) => queue.push(map(p)),
+      onOpen: () => queue.markReady(),
       stream: undefined,
       active: true,
     };

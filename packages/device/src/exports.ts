@@ -19,5 +19,6 @@ export {
   type DeviceStatus,
   type DeviceTransportName,
   ServerResource,
+  type Subscription,
   type TopicMessage,
 } from './device.js';

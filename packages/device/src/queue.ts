@@ -10,11 +10,24 @@ export class EventQueue<T> implements AsyncIterableIterator<T> {
   private failure: Error | undefined;
   /** Items dropped because the reader was too slow. */
   dropped = 0;
+  /** Resolves once the source is in place (e.g. the server accepted the subscription). */
+  readonly ready: Promise<void>;
+  private settleReady!: (error?: Error) => void;
 
   constructor(
     private readonly capacity = 1000,
     private readonly onReturn?: () => void,
-  ) {}
+  ) {
+    this.ready = new Promise<void>((resolve, reject) => {
+      this.settleReady = (error) => (error ? reject(error) : resolve());
+    });
+    this.ready.catch(() => {}); // a rejection is also reported through next()
+  }
+
+  /** Marks the source as in place (or failed). */
+  markReady(error?: Error): void {
+    this.settleReady(error);
+  }
 
   push(item: T): void {
     if (this.ended) return;
@@ -32,6 +45,7 @@ export class EventQueue<T> implements AsyncIterableIterator<T> {
 
   /** Ends the iteration (after the buffered items), with an error if given. */
   end(error?: Error): void {
+    this.settleReady(error ?? new Error('ended before it was ready'));
     if (this.ended) return;
     this.ended = true;
     this.failure = error;
