@@ -176,6 +176,11 @@ export abstract class DeviceCore {
     return this._status;
   }
 
+  /** Bytes waiting to be sent; pace high-rate streaming on it (the connection closes past 1 MiB). */
+  get bufferedAmount(): number {
+    return this.session?.bufferedAmount ?? 0;
+  }
+
   get connected(): boolean {
     return this._status.state === 'connected';
   }

@@ -293,6 +293,11 @@ export class Session {
     return this.closeError;
   }
 
+  /** Bytes queued for sending and not yet taken by the network: watch it to pace bulk streaming. */
+  get bufferedAmount(): number {
+    return this.out.pos + this.transport.bufferedAmount;
+  }
+
   get pendingRequests(): number {
     return this.pending.size;
   }
