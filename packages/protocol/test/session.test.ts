@@ -568,6 +568,28 @@ describe('session: streams', () => {
     assert.deepEqual(got, [23.5]);
   });
 
+  it('the device can end a stream the server opened', async () => {
+    const r = new ResourceRegistry();
+    r.add('terminal/:session', { output: () => 'ready' });
+    const p = await connected({ resources: r });
+    let ended = false;
+    await p.server.openStream(
+      'terminal/1',
+      {},
+      {
+        onData: () => {},
+        onClose: () => {
+          ended = true;
+        },
+      },
+    );
+    assert.equal(p.device.endStream('terminal/:session'), 1);
+    await turns();
+    assert.equal(ended, true);
+    assert.equal(p.device.openStreams, 0);
+    assert.equal(p.server.openStreams, 0);
+  });
+
   it('STREAM_DATA for an unknown stream and STOP_STREAM for an unknown id are harmless', async () => {
     const p = await connected();
     const stop = p.server.request({ type: MessageType.STOP_STREAM });
@@ -716,6 +738,16 @@ describe('session: keep-alive and limits', () => {
     await turns();
     assert.equal(p.server.state, 'closed');
     assert.equal(p.closed.server?.code, SessionErrorCode.PROTOCOL);
+  });
+
+  it('an oversized frame from the peer closes the connection before it is buffered', async () => {
+    const p = await connected({}, { maxFrameSize: 1024 });
+    // STREAM_DATA announcing 256 KiB + 1, written past the test's own frame tap.
+    MemoryTransport.prototype.write.call(p.deviceTransport, hexToBytes('0a818010'));
+    await turns();
+    assert.equal(p.server.state, 'closed');
+    assert.equal(p.closed.server?.code, SessionErrorCode.PROTOCOL);
+    assert.match(p.closed.server?.message ?? '', /exceeds the limit/);
   });
 
   it('DISCONNECT from the peer closes the session', async () => {

@@ -575,6 +575,22 @@ export class Session {
     return pushes.some(isPromise) ? Promise.all(pushes).then(() => list.length) : list.length;
   }
 
+  /**
+   * Ends every stream the peer opened on resource `name` from this side (STOP_STREAM without
+   * waiting for an answer, as the reference clients do when a session they serve ends).
+   * Returns how many were ended.
+   */
+  endStream(name: string): number {
+    let ended = 0;
+    for (const s of [...this.served.values()]) {
+      if (s.match.resource.pattern !== name && s.match.path !== name) continue;
+      this.endServedStream(s);
+      this.send({ type: MessageType.STOP_STREAM, streamId: s.id });
+      ended++;
+    }
+    return ended;
+  }
+
   /** Closes: DISCONNECT to the peer, then the transport. Pending calls reject with ClosedError. */
   close(): void {
     if (this._state === 'closed') return;

@@ -62,10 +62,20 @@ export class WebSocketTransport implements Transport {
       closed = true;
       handler.onClose(error);
     };
-    this.ws.onmessage = (ev) => {
-      const bytes = toBytes(ev.data);
-      if (bytes) handler.onData(bytes);
-    };
+    const nodeWs = this.ws as unknown as { on?: (event: string, fn: (data: unknown) => void) => void };
+    if (typeof nodeWs.on === 'function') {
+      // `ws` (Node): its 'message' event hands over the raw bytes of TEXT messages too, where
+      // onmessage would decode them as UTF-8 and corrupt the IOTMP bytes inside.
+      nodeWs.on('message', (data) => {
+        const bytes = toBytes(data);
+        if (bytes) handler.onData(bytes);
+      });
+    } else {
+      this.ws.onmessage = (ev) => {
+        const bytes = toBytes(ev.data);
+        if (bytes) handler.onData(bytes);
+      };
+    }
     this.ws.onclose = (ev) =>
       closeOnce(
         ev.code && ev.code !== 1000 && ev.code !== 1005
