@@ -113,25 +113,31 @@ export function openBrowserWebSocket(
     globalThis as { WebSocket?: new (url: string, protocols?: string | string[]) => WebSocketLike }
   ).WebSocket;
   if (!Ctor) return Promise.reject(new Error('no global WebSocket in this environment'));
+  const signal = options?.signal;
+  if (signal?.aborted) return Promise.reject(new Error('connection aborted'));
   return new Promise((resolve, reject) => {
     const ws = new Ctor(url, 'iotmp');
-    const fail = (message: string) => {
+    const detach = () => {
       ws.onopen = null;
       ws.onerror = null;
       ws.onclose = null;
+      signal?.removeEventListener('abort', onAbort);
+    };
+    const fail = (message: string) => {
+      detach();
       reject(new Error(message));
     };
+    // Only while opening: once open, the session owns the socket's lifetime.
+    const onAbort = () => {
+      fail('connection aborted');
+      ws.close();
+    };
     ws.onopen = () => {
-      ws.onopen = null;
-      ws.onerror = null;
-      ws.onclose = null;
+      detach();
       resolve(new WebSocketTransport(ws, url));
     };
     ws.onerror = () => fail(`cannot open WebSocket ${url}`);
     ws.onclose = (ev) => fail(`WebSocket ${url} closed before opening (${ev.code ?? ''})`);
-    options?.signal?.addEventListener('abort', () => {
-      ws.close();
-      fail('aborted');
-    });
+    signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
