@@ -361,7 +361,7 @@ export abstract class DeviceCore {
 
   private requireSession(): Session {
     const s = this.session;
-    if (!s || s.state !== 'open') throw new ClosedError('device is not connected');
+    if (s?.state !== 'open') throw new ClosedError('device is not connected');
     return s;
   }
 
