@@ -1,0 +1,356 @@
+import type { FastifyInstance } from 'fastify';
+import { hashSecret } from '../auth/passwords.js';
+import { authorize } from '../auth/tokens.js';
+import { AlreadyExistsError, type DeviceRecord, type TokenScope } from '../storage/accounts.js';
+import { type AppContext, deviceParams, ID_PATTERN, userParams } from './context.js';
+import { errorSchema, HttpError } from './errors.js';
+
+const deviceSchema = {
+  type: 'object',
+  properties: {
+    device: { type: 'string' },
+    name: { type: 'string' },
+    description: { type: 'string' },
+    enabled: { type: 'boolean' },
+    created: { type: 'integer' },
+    updated: { type: 'integer' },
+    connection: {
+      type: 'object',
+      properties: { active: { type: 'boolean' }, ts: { type: ['integer', 'null'] } },
+    },
+  },
+} as const;
+
+const errors = { 400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema, 409: errorSchema };
+
+/** Device credentials: printable, 1–256 characters (the reference clients send them as C strings). */
+const credentialSchema = {
+  type: 'string',
+  minLength: 1,
+  maxLength: 256,
+  pattern: '^[\\x21-\\x7e]+$',
+} as const;
+
+export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): void {
+  const view = (d: DeviceRecord) => {
+    const live = ctx.hub.get(d.username, d.device);
+    return {
+      device: d.device,
+      name: d.name,
+      description: d.description,
+      enabled: d.enabled,
+      created: d.createdAt,
+      updated: d.updatedAt,
+      connection: { active: live !== undefined, ts: live ? live.connectedTs : d.lastConnectedTs },
+    };
+  };
+
+  const getOr404 = (user: string, device: string): DeviceRecord => {
+    const d = ctx.accounts.getDevice(user, device);
+    if (!d) throw new HttpError(404, 'device_not_found', `device ${device} does not exist`);
+    return d;
+  };
+
+  app.get<{ Params: { user: string }; Querystring: { count?: number; index?: number } }>(
+    '/v1/users/:user/devices',
+    {
+      schema: {
+        summary: 'List devices',
+        params: userParams,
+        querystring: {
+          type: 'object',
+          properties: {
+            count: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+            index: { type: 'integer', minimum: 0, default: 0 },
+            authorization: { type: 'string' },
+          },
+        },
+        response: { 200: { type: 'array', items: deviceSchema }, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { user } = request.params;
+      authorize(request.principal!, user, 'read');
+      const { count = 100, index = 0 } = request.query;
+      const scope = request.principal?.scope;
+      let devices = ctx.accounts.listDevices(user, count, index);
+      if (scope?.devices) devices = devices.filter((d) => Object.hasOwn(scope.devices ?? {}, d.device));
+      reply.header('x-total-count', String(ctx.accounts.countDevices(user)));
+      return devices.map(view);
+    },
+  );
+
+  app.post<{
+    Params: { user: string };
+    Body: { device: string; credentials: string; name?: string; description?: string; enabled?: boolean };
+  }>(
+    '/v1/users/:user/devices',
+    {
+      schema: {
+        summary: 'Create a device',
+        params: userParams,
+        body: {
+          type: 'object',
+          properties: {
+            device: { type: 'string', pattern: ID_PATTERN },
+            credentials: credentialSchema,
+            name: { type: 'string', maxLength: 256 },
+            description: { type: 'string', maxLength: 4096 },
+            enabled: { type: 'boolean' },
+            type: { type: 'string' },
+          },
+          required: ['device', 'credentials'],
+          additionalProperties: false,
+        },
+        response: { 201: deviceSchema, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { user } = request.params;
+      authorize(request.principal!, user, 'admin');
+      const b = request.body;
+      try {
+        const record = ctx.accounts.createDevice({
+          username: user,
+          device: b.device,
+          name: b.name ?? b.device,
+          description: b.description ?? '',
+          enabled: b.enabled ?? true,
+          credentialHash: await hashSecret(b.credentials),
+        });
+        reply.code(201);
+        return view(record);
+      } catch (err) {
+        if (err instanceof AlreadyExistsError)
+          throw new HttpError(409, 'device_exists', `device ${b.device} already exists`);
+        throw err;
+      }
+    },
+  );
+
+  app.get<{ Params: { user: string; device: string } }>(
+    '/v1/users/:user/devices/:device',
+    { schema: { summary: 'Get a device', params: deviceParams, response: { 200: deviceSchema, ...errors } } },
+    async (request) => {
+      const { user, device } = request.params;
+      authorize(request.principal!, user, 'read', device);
+      return view(getOr404(user, device));
+    },
+  );
+
+  const update = async (
+    user: string,
+    device: string,
+    b: { credentials?: string; name?: string; description?: string; enabled?: boolean },
+  ) => {
+    getOr404(user, device);
+    const record = ctx.accounts.updateDevice(user, device, {
+      name: b.name,
+      description: b.description,
+      enabled: b.enabled,
+      credentialHash: b.credentials === undefined ? undefined : await hashSecret(b.credentials),
+    });
+    if (!record) throw new HttpError(404, 'device_not_found', `device ${device} does not exist`);
+    // A disabled device, or one whose credentials changed, loses its live session.
+    if (b.enabled === false || b.credentials !== undefined) ctx.hub.disconnect(user, device);
+    return view(record);
+  };
+  const updateSchema = {
+    params: deviceParams,
+    body: {
+      type: 'object',
+      properties: {
+        credentials: credentialSchema,
+        name: { type: 'string', maxLength: 256 },
+        description: { type: 'string', maxLength: 4096 },
+        enabled: { type: 'boolean' },
+      },
+      additionalProperties: false,
+    },
+    response: { 200: deviceSchema, ...errors },
+  } as const;
+  for (const method of ['put', 'patch'] as const) {
+    app[method]<{
+      Params: { user: string; device: string };
+      Body: { credentials?: string; name?: string; description?: string; enabled?: boolean };
+    }>(
+      '/v1/users/:user/devices/:device',
+      {
+        schema: { summary: 'Update a device (name, description, enabled, new credentials)', ...updateSchema },
+      },
+      async (request) => {
+        const { user, device } = request.params;
+        authorize(request.principal!, user, 'admin');
+        return update(user, device, request.body ?? {});
+      },
+    );
+  }
+
+  app.delete<{ Params: { user: string; device: string } }>(
+    '/v1/users/:user/devices/:device',
+    {
+      schema: {
+        summary: 'Delete a device',
+        params: deviceParams,
+        response: { 204: { type: 'null' }, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { user, device } = request.params;
+      authorize(request.principal!, user, 'admin');
+      if (!ctx.accounts.deleteDevice(user, device))
+        throw new HttpError(404, 'device_not_found', `device ${device} does not exist`);
+      ctx.hub.disconnect(user, device);
+      reply.code(204);
+    },
+  );
+
+  app.get<{ Params: { user: string; device: string } }>(
+    '/v3/users/:user/devices/:device/stats',
+    {
+      schema: {
+        summary: 'Connection state and traffic of a device',
+        params: deviceParams,
+        response: {
+          200: {
+            type: 'object',
+            properties: {
+              connected: { type: 'boolean' },
+              connected_ts: { type: ['integer', 'null'] },
+              ip_address: { type: ['string', 'null'] },
+              rx_bytes: { type: 'integer' },
+              tx_bytes: { type: 'integer' },
+            },
+          },
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const { user, device } = request.params;
+      authorize(request.principal!, user, 'read', device);
+      const record = getOr404(user, device);
+      const live = ctx.hub.get(user, device);
+      return {
+        connected: live !== undefined,
+        connected_ts: live?.connectedTs ?? record.lastConnectedTs,
+        ip_address: live?.ip ?? record.lastIp,
+        // Bytes as the device counts them: what it sent (rx here) and received (tx here).
+        rx_bytes: live?.session.stats.rxBytes ?? 0,
+        tx_bytes: live?.session.stats.txBytes ?? 0,
+      };
+    },
+  );
+
+  // --- access tokens
+
+  const tokenView = (t: {
+    id: string;
+    name: string;
+    scope: TokenScope;
+    createdAt: number;
+    expiresAt: number | null;
+  }) => ({
+    id: t.id,
+    name: t.name,
+    scope: t.scope,
+    created: t.createdAt,
+    expires: t.expiresAt,
+  });
+  const scopeSchema = {
+    type: 'object',
+    properties: {
+      access: { type: 'string', enum: ['read', 'call'] },
+      devices: {
+        type: 'object',
+        maxProperties: 1000,
+        additionalProperties: {
+          type: 'object',
+          properties: {
+            resources: {
+              type: 'array',
+              items: { type: 'string', minLength: 1, maxLength: 256 },
+              maxItems: 1000,
+            },
+          },
+          additionalProperties: false,
+        },
+      },
+    },
+    required: ['access'],
+    additionalProperties: false,
+  } as const;
+
+  app.get<{ Params: { user: string } }>(
+    '/v1/users/:user/tokens',
+    { schema: { summary: 'List access tokens', params: userParams, response: { ...errors } } },
+    async (request) => {
+      const { user } = request.params;
+      authorize(request.principal!, user, 'admin');
+      return ctx.accounts.listAccessTokens(user).map(tokenView);
+    },
+  );
+
+  app.post<{ Params: { user: string }; Body: { name: string; scope?: TokenScope; expires_in?: number } }>(
+    '/v1/users/:user/tokens',
+    {
+      schema: {
+        summary: 'Create an access token (the token is shown once)',
+        params: userParams,
+        body: {
+          type: 'object',
+          properties: {
+            name: { type: 'string', minLength: 1, maxLength: 256 },
+            scope: scopeSchema,
+            expires_in: { type: 'integer', minimum: 60, maximum: 10 * 365 * 24 * 3600 },
+          },
+          required: ['name'],
+          additionalProperties: false,
+        },
+        response: { ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { user } = request.params;
+      authorize(request.principal!, user, 'admin');
+      const scope: TokenScope = request.body.scope ?? { access: 'call' };
+      for (const d of Object.keys(scope.devices ?? {})) {
+        if (!new RegExp(ID_PATTERN).test(d))
+          throw new HttpError(400, 'invalid_request', `invalid device id in scope: ${d}`);
+      }
+      const { record, token } = await ctx.tokens.createAccessToken(
+        user,
+        request.body.name,
+        scope,
+        request.body.expires_in,
+      );
+      reply.code(201);
+      return { ...tokenView(record), access_token: token };
+    },
+  );
+
+  app.delete<{ Params: { user: string; id: string } }>(
+    '/v1/users/:user/tokens/:id',
+    {
+      schema: {
+        summary: 'Delete (revoke) an access token',
+        params: {
+          type: 'object',
+          properties: {
+            user: { type: 'string', pattern: ID_PATTERN },
+            id: { type: 'string', pattern: ID_PATTERN },
+          },
+          required: ['user', 'id'],
+        },
+        response: { 204: { type: 'null' }, ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { user, id } = request.params;
+      authorize(request.principal!, user, 'admin');
+      if (!ctx.accounts.deleteAccessToken(user, id))
+        throw new HttpError(404, 'token_not_found', `token ${id} does not exist`);
+      reply.code(204);
+    },
+  );
+}

@@ -1,0 +1,49 @@
+import type { FastifyRequest } from 'fastify';
+import type { Principal, TokenService } from '../auth/tokens.js';
+import type { ServerConfig } from '../config.js';
+import type { DeviceHub } from '../devices/hub.js';
+import type { Metrics } from '../metrics.js';
+import type { AccountStore } from '../storage/accounts.js';
+
+export interface AppContext {
+  config: ServerConfig;
+  accounts: AccountStore;
+  tokens: TokenService;
+  hub: DeviceHub;
+  metrics: Metrics;
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    principal: Principal | undefined;
+  }
+}
+
+/** The bearer token of a request: `Authorization: Bearer …` or `?authorization=…`. */
+export function bearerToken(request: FastifyRequest): string | undefined {
+  const header = request.headers.authorization;
+  if (typeof header === 'string') {
+    const m = /^Bearer\s+(\S+)$/i.exec(header.trim());
+    if (m) return m[1];
+  }
+  const q = (request.query as Record<string, unknown> | undefined)?.authorization;
+  return typeof q === 'string' && q.length > 0 ? q : undefined;
+}
+
+/** Identifier rules for user names, device ids and token ids in paths and bodies. */
+export const ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$';
+
+export const userParams = {
+  type: 'object',
+  properties: { user: { type: 'string', pattern: ID_PATTERN } },
+  required: ['user'],
+} as const;
+
+export const deviceParams = {
+  type: 'object',
+  properties: {
+    user: { type: 'string', pattern: ID_PATTERN },
+    device: { type: 'string', pattern: ID_PATTERN },
+  },
+  required: ['user', 'device'],
+} as const;

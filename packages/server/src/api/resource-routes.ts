@@ -1,0 +1,177 @@
+import { ClosedError, RequestError, TimeoutError } from '@iotmp/protocol';
+import type { PsonValue } from '@iotmp/pson';
+import type { FastifyInstance, FastifyReply } from 'fastify';
+import { authorize } from '../auth/tokens.js';
+import type { LiveDevice } from '../devices/hub.js';
+import { type AppContext, ID_PATTERN } from './context.js';
+import { errorSchema, HttpError } from './errors.js';
+import { psonToJson } from './json.js';
+
+const errors = {
+  400: errorSchema,
+  401: errorSchema,
+  403: errorSchema,
+  404: errorSchema,
+  500: errorSchema,
+  504: errorSchema,
+};
+
+const resourceParams = {
+  type: 'object',
+  properties: {
+    user: { type: 'string', pattern: ID_PATTERN },
+    device: { type: 'string', pattern: ID_PATTERN },
+    '*': { type: 'string', minLength: 1, maxLength: 1024 },
+  },
+  required: ['user', 'device', '*'],
+} as const;
+
+/**
+ * The device's answer as HTTP: an ERROR with a return code becomes that status; an ERROR
+ * with nothing in it is how devices say "no such resource"; anything else is a 500.
+ */
+function mapDeviceError(err: unknown, resource: string, timeoutMs: number): HttpError {
+  if (err instanceof TimeoutError) {
+    return new HttpError(504, 'device_timeout', `device did not answer ${resource} within ${timeoutMs} ms`);
+  }
+  if (err instanceof ClosedError)
+    return new HttpError(404, 'device_offline', 'device disconnected during the call');
+  if (err instanceof RequestError) {
+    const message =
+      typeof err.payload === 'object' && err.payload !== null && 'error' in err.payload
+        ? String((err.payload as { error: unknown }).error)
+        : undefined;
+    if (err.returnCode !== undefined && err.returnCode >= 400 && err.returnCode <= 599) {
+      return new HttpError(err.returnCode, 'device_error', message ?? `device answered ${err.returnCode}`);
+    }
+    if (err.payload === undefined && err.parameters === undefined) {
+      return new HttpError(404, 'resource_not_found', `device has no resource ${resource}`);
+    }
+    return new HttpError(500, 'device_error', message ?? 'device reported an error');
+  }
+  return new HttpError(500, 'internal_error', 'internal error');
+}
+
+function send(reply: FastifyReply, output: PsonValue | undefined): unknown {
+  if (output instanceof Uint8Array) {
+    reply.type('application/octet-stream');
+    return Buffer.from(output.buffer, output.byteOffset, output.byteLength);
+  }
+  reply.type('application/json; charset=utf-8');
+  return JSON.stringify(psonToJson(output));
+}
+
+export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): void {
+  const timeoutMs = ctx.config.deviceCallTimeoutMs;
+
+  const liveDevice = (user: string, device: string): LiveDevice => {
+    const live = ctx.hub.get(user, device);
+    if (live) return live;
+    if (!ctx.accounts.getDevice(user, device))
+      throw new HttpError(404, 'device_not_found', `device ${device} does not exist`);
+    throw new HttpError(404, 'device_offline', `device ${device} is not connected`);
+  };
+
+  const timed = async <T>(work: () => Promise<T>): Promise<T> => {
+    const end = ctx.metrics.callDuration.startTimer();
+    try {
+      const result = await work();
+      end({ outcome: 'ok' });
+      return result;
+    } catch (err) {
+      end({ outcome: err instanceof TimeoutError ? 'timeout' : 'error' });
+      throw err;
+    }
+  };
+
+  app.get<{ Params: { user: string; device: string } }>(
+    '/v3/users/:user/devices/:device/resources',
+    {
+      schema: {
+        summary: "List a device's resources (DESCRIBE)",
+        params: {
+          type: 'object',
+          properties: {
+            user: { type: 'string', pattern: ID_PATTERN },
+            device: { type: 'string', pattern: ID_PATTERN },
+          },
+          required: ['user', 'device'],
+        },
+        response: { ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { user, device } = request.params;
+      authorize(request.principal!, user, 'read', device);
+      const live = liveDevice(user, device);
+      try {
+        return send(reply, await timed(() => live.session.describe(undefined, { timeoutMs })));
+      } catch (err) {
+        throw mapDeviceError(err, 'DESCRIBE', timeoutMs);
+      }
+    },
+  );
+
+  app.get<{ Params: { user: string; device: string; '*': string }; Querystring: Record<string, string> }>(
+    '/v3/users/:user/devices/:device/resources/*',
+    {
+      schema: {
+        summary: 'Run a resource (query string → parameters) or, with a trailing /api, describe it',
+        params: resourceParams,
+        querystring: {
+          type: 'object',
+          additionalProperties: { type: 'string', maxLength: 4096 },
+          maxProperties: 64,
+        },
+        response: { ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { user, device } = request.params;
+      const path = request.params['*'];
+      const describe = path.endsWith('/api');
+      const resource = describe ? path.slice(0, -4) : path;
+      if (!resource) throw new HttpError(400, 'invalid_request', 'resource name missing');
+      authorize(request.principal!, user, 'read', device, resource);
+      const live = liveDevice(user, device);
+      const { authorization: _, ...query } = request.query;
+      const parameters = Object.keys(query).length > 0 ? query : undefined;
+      try {
+        const output = await timed(() =>
+          describe
+            ? live.session.describe(resource, { timeoutMs })
+            : live.session.run(resource, undefined, { timeoutMs, parameters }),
+        );
+        return send(reply, output);
+      } catch (err) {
+        throw mapDeviceError(err, resource, timeoutMs);
+      }
+    },
+  );
+
+  app.post<{ Params: { user: string; device: string; '*': string }; Body: unknown }>(
+    '/v3/users/:user/devices/:device/resources/*',
+    {
+      schema: {
+        summary: 'Run a resource with input (JSON, or application/octet-stream for binary)',
+        params: resourceParams,
+        response: { ...errors },
+      },
+    },
+    async (request, reply) => {
+      const { user, device } = request.params;
+      const resource = request.params['*'];
+      authorize(request.principal!, user, 'call', device, resource);
+      const live = liveDevice(user, device);
+      let input: PsonValue | undefined;
+      const body = request.body;
+      if (Buffer.isBuffer(body)) input = new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+      else if (body !== undefined && body !== null && body !== '') input = body as PsonValue;
+      try {
+        return send(reply, await timed(() => live.session.run(resource, input, { timeoutMs })));
+      } catch (err) {
+        throw mapDeviceError(err, resource, timeoutMs);
+      }
+    },
+  );
+}

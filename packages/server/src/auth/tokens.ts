@@ -1,0 +1,191 @@
+import { createHash, randomBytes, randomUUID } from 'node:crypto';
+import { errors as joseErrors, jwtVerify, SignJWT } from 'jose';
+import type { AccessTokenRecord, AccountStore, TokenScope } from '../storage/accounts.js';
+import { hashSecret, verifySecret } from './passwords.js';
+
+/** Who is calling, after the bearer token was checked. */
+export interface Principal {
+  username: string;
+  /** Restrictions of an access token; undefined for a user's own login token (full access). */
+  scope: TokenScope | undefined;
+  tokenId: string | undefined;
+}
+
+export class AuthFailure extends Error {
+  override name = 'AuthFailure';
+  constructor(
+    message: string,
+    readonly status: 401 | 403,
+    readonly code: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface IssuedTokens {
+  access_token: string;
+  refresh_token: string;
+  expires_in: number;
+  token_type: 'bearer';
+}
+
+const ISSUER = 'iotmp';
+
+/**
+ * Login tokens (JWT, HS256, short-lived) with rotating single-use refresh tokens, and
+ * user-created access tokens (JWT naming a stored token, so deleting it revokes it at once).
+ */
+export class TokenService {
+  private readonly secret: Uint8Array;
+
+  constructor(
+    private readonly accounts: AccountStore,
+    private readonly accessTtlSeconds: number,
+    private readonly refreshTtlSeconds: number,
+  ) {
+    let stored = accounts.getSetting('jwt_secret');
+    if (!stored) {
+      stored = randomBytes(32).toString('base64url');
+      accounts.setSetting('jwt_secret', stored);
+    }
+    this.secret = Buffer.from(stored, 'base64url');
+  }
+
+  async createUser(username: string, password: string): Promise<void> {
+    this.accounts.createUser(username, await hashSecret(password));
+  }
+
+  /** grant_type=password */
+  async login(username: string, password: string): Promise<IssuedTokens> {
+    const user = this.accounts.getUser(username);
+    // Same work whether or not the user exists: no timing oracle for user names.
+    const ok = user ? await verifySecret(password, user.passwordHash) : (await hashSecret(password), false);
+    if (!ok) throw new AuthFailure('invalid username or password', 401, 'invalid_grant');
+    return this.issue(username);
+  }
+
+  /** grant_type=refresh_token: the refresh token is used up and a new pair issued. */
+  async refresh(refreshToken: string): Promise<IssuedTokens> {
+    const taken = this.accounts.takeRefreshToken(hashToken(refreshToken));
+    if (!taken || taken.expiresAt < Date.now()) {
+      throw new AuthFailure('invalid or expired refresh token', 401, 'invalid_grant');
+    }
+    if (!this.accounts.getUser(taken.username))
+      throw new AuthFailure('user no longer exists', 401, 'invalid_grant');
+    return this.issue(taken.username);
+  }
+
+  private async issue(username: string): Promise<IssuedTokens> {
+    const access = await new SignJWT({ typ: 'user' })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject(username)
+      .setIssuer(ISSUER)
+      .setIssuedAt()
+      .setJti(randomUUID())
+      .setExpirationTime(`${this.accessTtlSeconds}s`)
+      .sign(this.secret);
+    const refresh = randomBytes(32).toString('base64url');
+    this.accounts.addRefreshToken(hashToken(refresh), username, Date.now() + this.refreshTtlSeconds * 1000);
+    return {
+      access_token: access,
+      refresh_token: refresh,
+      expires_in: this.accessTtlSeconds,
+      token_type: 'bearer',
+    };
+  }
+
+  /** Creates a named access token; the JWT is returned once and not stored. */
+  async createAccessToken(
+    username: string,
+    name: string,
+    scope: TokenScope,
+    expiresInSeconds?: number,
+  ): Promise<{ record: AccessTokenRecord; token: string }> {
+    const now = Date.now();
+    const record: AccessTokenRecord = {
+      id: randomUUID(),
+      username,
+      name,
+      scope,
+      createdAt: now,
+      expiresAt: expiresInSeconds ? now + expiresInSeconds * 1000 : null,
+    };
+    this.accounts.createAccessToken(record);
+    let jwt = new SignJWT({ typ: 'token' })
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject(username)
+      .setIssuer(ISSUER)
+      .setIssuedAt()
+      .setJti(record.id);
+    if (expiresInSeconds) jwt = jwt.setExpirationTime(`${expiresInSeconds}s`);
+    return { record, token: await jwt.sign(this.secret) };
+  }
+
+  /** Checks a bearer token; throws AuthFailure (401) when missing, invalid, expired or revoked. */
+  async verify(token: string | undefined): Promise<Principal> {
+    if (!token)
+      throw new AuthFailure(
+        'missing access token: send "Authorization: Bearer <token>" (get one from POST /oauth/token)',
+        401,
+        'unauthorized',
+      );
+    let payload: { sub?: string; typ?: unknown; jti?: string };
+    try {
+      ({ payload } = await jwtVerify(token, this.secret, { issuer: ISSUER, algorithms: ['HS256'] }));
+    } catch (err) {
+      if (err instanceof joseErrors.JWTExpired)
+        throw new AuthFailure('access token expired: refresh it or log in again', 401, 'token_expired');
+      throw new AuthFailure('invalid access token', 401, 'invalid_token');
+    }
+    const username = payload.sub;
+    if (!username || !this.accounts.getUser(username))
+      throw new AuthFailure('invalid access token', 401, 'invalid_token');
+    if (payload.typ === 'user') return { username, scope: undefined, tokenId: undefined };
+    if (payload.typ === 'token' && payload.jti) {
+      const record = this.accounts.getAccessToken(payload.jti);
+      if (!record || record.username !== username)
+        throw new AuthFailure('access token revoked', 401, 'invalid_token');
+      if (record.expiresAt !== null && record.expiresAt < Date.now())
+        throw new AuthFailure('access token expired', 401, 'token_expired');
+      return { username, scope: record.scope, tokenId: record.id };
+    }
+    throw new AuthFailure('invalid access token', 401, 'invalid_token');
+  }
+}
+
+function hashToken(token: string): string {
+  return createHash('sha256').update(token).digest('base64url');
+}
+
+export type Access = 'read' | 'call' | 'admin';
+
+/**
+ * May `principal` act on `username`'s data (optionally one device and resource) with this
+ * access? "admin" (managing devices and tokens) needs a login token. Throws 403 otherwise.
+ */
+export function authorize(
+  principal: Principal,
+  username: string,
+  access: Access,
+  device?: string,
+  resource?: string,
+): void {
+  if (principal.username !== username)
+    throw new AuthFailure("the token does not give access to this user's data", 403, 'forbidden');
+  const scope = principal.scope;
+  if (!scope) return;
+  if (access === 'admin')
+    throw new AuthFailure('this access token cannot manage the account', 403, 'forbidden');
+  if (access === 'call' && scope.access !== 'call')
+    throw new AuthFailure('this access token is read-only', 403, 'forbidden');
+  if (scope.devices) {
+    if (device === undefined)
+      throw new AuthFailure('this access token is limited to some devices', 403, 'forbidden');
+    const grant = scope.devices[device];
+    if (!grant || !Object.hasOwn(scope.devices, device))
+      throw new AuthFailure(`this access token does not cover device ${device}`, 403, 'forbidden');
+    if (resource !== undefined && grant.resources && !grant.resources.includes(resource)) {
+      throw new AuthFailure(`this access token does not cover resource ${resource}`, 403, 'forbidden');
+    }
+  }
+}

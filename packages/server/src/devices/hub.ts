@@ -1,0 +1,282 @@
+import {
+  ConnectError,
+  type ConnectInfo,
+  Session,
+  type SessionError,
+  type SessionOptions,
+  type Transport,
+} from '@iotmp/protocol';
+import { VerifierCache, verifySecret } from '../auth/passwords.js';
+import type { AccountStore } from '../storage/accounts.js';
+import { LoginThrottle } from './throttle.js';
+
+/** A device with a live, authenticated session. */
+export interface LiveDevice {
+  readonly username: string;
+  readonly device: string;
+  readonly session: Session;
+  readonly connectedTs: number;
+  readonly ip: string | undefined;
+}
+
+export interface DeviceStateChange {
+  username: string;
+  device: string;
+  connected: boolean;
+  ts: number;
+  ip?: string | undefined;
+  reason?: string | undefined;
+}
+
+export interface HubLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  debug(obj: object, msg: string): void;
+}
+
+export interface DeviceHubOptions {
+  accounts: AccountStore;
+  log: HubLogger;
+  /** Extra session options: limits, keep-alive, clock, server resources. */
+  session?: Partial<SessionOptions>;
+  /** Called with every live device's server resource calls and subscriptions. */
+  serverResources?: (device: LiveDevice) => Pick<SessionOptions, 'onServerCall' | 'onSubscribe'>;
+  throttle?: LoginThrottle;
+  verifierCache?: VerifierCache;
+}
+
+export interface HubCounters {
+  connects: number;
+  authFailures: number;
+  throttled: number;
+  closedSlowPeer: number;
+}
+
+function key(username: string, device: string): string {
+  return `${username}\u0000${device}`;
+}
+
+/**
+ * Every device connection goes through here: login (credential check with a verifier
+ * cache and failed-login throttling), one live session per device (a new login replaces
+ * the old one), disconnects, and state changes for the API and events.
+ */
+export class DeviceHub {
+  private readonly live = new Map<string, LiveDevice>();
+  private readonly pendingSessions = new Set<Session>();
+  private readonly listeners = new Set<(change: DeviceStateChange) => void>();
+  private readonly throttle: LoginThrottle;
+  private readonly cache: VerifierCache;
+  readonly counters: HubCounters = { connects: 0, authFailures: 0, throttled: 0, closedSlowPeer: 0 };
+  private closing = false;
+  /** Traffic of sessions that have ended; live ones are added when read. */
+  private readonly endedTraffic = { rxBytes: 0, txBytes: 0, rxMessages: 0, txMessages: 0 };
+
+  constructor(private readonly options: DeviceHubOptions) {
+    this.throttle = options.throttle ?? new LoginThrottle();
+    this.cache = options.verifierCache ?? new VerifierCache();
+  }
+
+  get size(): number {
+    return this.live.size;
+  }
+
+  /** Bytes and messages in and out, all device connections since start. */
+  get traffic(): { rxBytes: number; txBytes: number; rxMessages: number; txMessages: number } {
+    const t = { ...this.endedTraffic };
+    const add = (s: Session) => {
+      t.rxBytes += s.stats.rxBytes;
+      t.txBytes += s.stats.txBytes;
+      t.rxMessages += s.stats.rxMessages;
+      t.txMessages += s.stats.txMessages;
+    };
+    for (const d of this.live.values()) add(d.session);
+    for (const s of this.pendingSessions) add(s);
+    return t;
+  }
+
+  get(username: string, device: string): LiveDevice | undefined {
+    return this.live.get(key(username, device));
+  }
+
+  devicesOf(username: string): LiveDevice[] {
+    return [...this.live.values()].filter((d) => d.username === username);
+  }
+
+  all(): IterableIterator<LiveDevice> {
+    return this.live.values();
+  }
+
+  onStateChange(listener: (change: DeviceStateChange) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private emit(change: DeviceStateChange): void {
+    for (const l of this.listeners) {
+      try {
+        l(change);
+      } catch (err) {
+        this.options.log.warn({ err }, 'device state listener failed');
+      }
+    }
+  }
+
+  /** Takes a new connection: it must log in before anything else. */
+  accept(transport: Transport): void {
+    if (this.closing) {
+      transport.destroy();
+      return;
+    }
+    let live: LiveDevice | undefined;
+    const session: Session = new Session({
+      role: 'server',
+      transport,
+      ...this.options.session,
+      authenticate: (info) =>
+        this.authenticate(info, session, (d) => {
+          live = d;
+        }),
+      onServerCall: (call) => {
+        const handler = live && this.options.serverResources?.(live).onServerCall;
+        if (!handler) throw new Error('server resources are not available');
+        return handler(call);
+      },
+      onSubscribe: (sub) => {
+        const handler = live && this.options.serverResources?.(live).onSubscribe;
+        if (!handler) throw new Error('server events are not available');
+        return handler(sub);
+      },
+      onWarning: (message, details) =>
+        this.options.log.debug({ ...details, remote: transport.remoteAddress }, message),
+      onClose: (error) => this.onSessionClose(session, live, error),
+    });
+    this.pendingSessions.add(session);
+    session.start();
+  }
+
+  private async authenticate(
+    info: ConnectInfo,
+    session: Session,
+    setLive: (d: LiveDevice) => void,
+  ): Promise<boolean | number> {
+    const ip = hostOf(info.remoteAddress);
+    const id = key(info.username, info.deviceId);
+    const ipKey = `ip:${ip ?? 'unknown'}`;
+    const deviceKey = `device:${id}`;
+    if (this.throttle.isBlocked(ipKey) || this.throttle.isBlocked(deviceKey)) {
+      this.counters.throttled++;
+      this.counters.authFailures++;
+      this.options.log.warn(
+        { username: info.username, device: info.deviceId, ip },
+        'login throttled after repeated failures',
+      );
+      return ConnectError.BAD_CREDENTIALS;
+    }
+    const record = this.options.accounts.getDevice(info.username, info.deviceId);
+    let ok = false;
+    if (record?.enabled) {
+      if (this.cache.has(id, info.credential, record.credentialVersion)) ok = true;
+      else if (await verifySecret(info.credential, record.credentialHash)) {
+        ok = true;
+        this.cache.add(id, info.credential, record.credentialVersion);
+      }
+    }
+    if (!ok || session.state !== 'authenticating') {
+      this.counters.authFailures++;
+      this.throttle.fail(ipKey);
+      this.throttle.fail(deviceKey);
+      this.options.log.warn(
+        {
+          username: info.username,
+          device: info.deviceId,
+          ip,
+          reason: !record ? 'unknown device' : !record.enabled ? 'disabled' : 'bad credential',
+        },
+        'device login refused',
+      );
+      return false;
+    }
+    // Re-check after the await: the device may have been disabled or deleted meanwhile.
+    const current = this.options.accounts.getDevice(info.username, info.deviceId);
+    if (!current?.enabled || current.credentialVersion !== record?.credentialVersion) return false;
+    this.throttle.succeed(deviceKey);
+    const now = Date.now();
+    const live: LiveDevice = {
+      username: info.username,
+      device: info.deviceId,
+      session,
+      connectedTs: now,
+      ip,
+    };
+    const previous = this.live.get(id);
+    this.live.set(id, live);
+    this.pendingSessions.delete(session);
+    setLive(live);
+    if (previous) {
+      this.options.log.info(
+        { username: info.username, device: info.deviceId },
+        'new login replaces the live session',
+      );
+      previous.session.close();
+    }
+    this.counters.connects++;
+    this.options.accounts.recordConnection(info.username, info.deviceId, now, ip ?? null);
+    this.options.log.info(
+      { username: info.username, device: info.deviceId, ip, version: info.version },
+      'device connected',
+    );
+    this.emit({ username: info.username, device: info.deviceId, connected: true, ts: now, ip });
+    return true;
+  }
+
+  private onSessionClose(
+    session: Session,
+    live: LiveDevice | undefined,
+    error: SessionError | undefined,
+  ): void {
+    this.pendingSessions.delete(session);
+    this.endedTraffic.rxBytes += session.stats.rxBytes;
+    this.endedTraffic.txBytes += session.stats.txBytes;
+    this.endedTraffic.rxMessages += session.stats.rxMessages;
+    this.endedTraffic.txMessages += session.stats.txMessages;
+    if (error?.code === 'IOTMP_ERR_SLOW_PEER') this.counters.closedSlowPeer++;
+    if (!live) return;
+    const id = key(live.username, live.device);
+    if (this.live.get(id) !== live) return; // replaced by a newer login
+    this.live.delete(id);
+    this.options.log.info(
+      { username: live.username, device: live.device, reason: error?.message },
+      'device disconnected',
+    );
+    this.emit({
+      username: live.username,
+      device: live.device,
+      connected: false,
+      ts: Date.now(),
+      reason: error?.message,
+    });
+  }
+
+  /** Drops a device's live session (disabled, deleted, credentials changed). */
+  disconnect(username: string, device: string): boolean {
+    const live = this.live.get(key(username, device));
+    if (!live) return false;
+    live.session.close();
+    return true;
+  }
+
+  /** Sends DISCONNECT to every device and closes every connection. */
+  closeAll(): void {
+    this.closing = true;
+    for (const s of this.pendingSessions) s.close();
+    for (const d of [...this.live.values()]) d.session.close();
+  }
+}
+
+function hostOf(address: string | undefined): string | undefined {
+  if (!address) return undefined;
+  const i = address.lastIndexOf(':');
+  const host = i > 0 && !address.endsWith(']') ? address.slice(0, i) : address;
+  return host.replace(/^::ffff:/, '');
+}

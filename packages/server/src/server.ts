@@ -1,0 +1,272 @@
+import { randomBytes } from 'node:crypto';
+import * as net from 'node:net';
+import { join } from 'node:path';
+import * as tls from 'node:tls';
+import formbody from '@fastify/formbody';
+import swagger from '@fastify/swagger';
+import websocket from '@fastify/websocket';
+import {
+  acceptWebSocket,
+  iotmpWebSocketServerOptions,
+  SocketTransport,
+  WEBSOCKET_PATH,
+} from '@iotmp/protocol/node';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  LogController,
+} from 'fastify';
+import pino, { type Logger } from 'pino';
+import { registerAccountRoutes } from './api/account-routes.js';
+import { type AppContext, bearerToken } from './api/context.js';
+import { errorBody, HttpError } from './api/errors.js';
+import { registerResourceRoutes } from './api/resource-routes.js';
+import { AuthFailure, TokenService } from './auth/tokens.js';
+import type { ServerConfig } from './config.js';
+import { DeviceHub } from './devices/hub.js';
+import { Metrics } from './metrics.js';
+import { AccountStore } from './storage/accounts.js';
+import { type Db, openDatabase } from './storage/database.js';
+import { loadOrCreateTls } from './tls.js';
+
+export const VERSION = '0.1.0';
+
+export interface RunningServer {
+  readonly config: ServerConfig;
+  readonly httpPort: number;
+  readonly tcpPort: number;
+  readonly tlsPort: number;
+  /** PEM of the TLS certificate in use (to trust it in clients). */
+  readonly tlsCert: string | undefined;
+  readonly app: FastifyInstance;
+  readonly hub: DeviceHub;
+  readonly accounts: AccountStore;
+  readonly tokens: TokenService;
+  readonly log: Logger;
+  /** Stops accepting, disconnects devices, finishes in-flight calls (bounded), closes storage. */
+  close(): Promise<void>;
+}
+
+function listen(server: net.Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as net.AddressInfo).port);
+    });
+  });
+}
+
+/**
+ * Starts everything: storage, the device listeners (TCP, TLS, WebSocket /iotmp), the HTTP
+ * API. Port 0 means "any free port" for HTTP and disables the TCP/TLS listeners.
+ */
+export async function startServer(
+  config: ServerConfig,
+  options?: { logger?: Logger },
+): Promise<RunningServer> {
+  const log = options?.logger ?? pino({ level: config.logLevel, base: { service: 'iotmp-server' } });
+  const db: Db = openDatabase(join(config.dataDir, 'iotmp.db'));
+  const accounts = new AccountStore(db);
+  const tokens = new TokenService(accounts, config.accessTokenTtlSeconds, config.refreshTokenTtlSeconds);
+
+  if (accounts.countUsers() === 0) {
+    const password = config.adminPassword ?? randomBytes(12).toString('base64url');
+    await tokens.createUser(config.adminUser, password);
+    if (config.adminPassword) log.info({ user: config.adminUser }, 'created the first user');
+    else {
+      log.warn(
+        { user: config.adminUser },
+        'created the first user with a generated password (shown once below; set IOTMP_ADMIN_PASSWORD to choose it)',
+      );
+      process.stdout.write(`\n  first user: ${config.adminUser}\n  password:   ${password}\n\n`);
+    }
+  }
+
+  const hub = new DeviceHub({
+    accounts,
+    log: log.child({ component: 'devices' }),
+    session: { connectTimeoutMs: config.connectTimeoutMs, maxFrameSize: config.maxFrameSize },
+  });
+  const metrics = new Metrics(hub);
+  const ctx: AppContext = { config, accounts, tokens, hub, metrics };
+
+  // --- HTTP API
+  const app = Fastify({
+    loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
+    bodyLimit: config.maxBodyBytes,
+    // Per-request log lines would dominate the log at device-call rates.
+    logController: new LogController({ disableRequestLogging: true }),
+    ajv: { customOptions: { coerceTypes: true, removeAdditional: false, allErrors: false } },
+  });
+  app.decorateRequest('principal', undefined);
+  await app.register(formbody);
+  app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) =>
+    done(null, body),
+  );
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.0.3',
+      info: { title: 'IOTMP server API', version: VERSION },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT' } } },
+      security: [{ bearer: [] }],
+    },
+  });
+  await app.register(websocket, {
+    // The @types/ws copies seen by ws and @fastify/websocket differ only in module format.
+    options: iotmpWebSocketServerOptions({ maxPayload: config.maxFrameSize + 1024 }) as never,
+  });
+
+  app.setErrorHandler((err: FastifyError | HttpError | AuthFailure, request, reply) => {
+    let status = 500;
+    let code = 'internal_error';
+    let message = 'internal error';
+    if (err instanceof HttpError) {
+      ({ status, code, message } = err);
+    } else if (err instanceof AuthFailure) {
+      ({ status, code, message } = err);
+      if (status === 401) reply.header('www-authenticate', 'Bearer');
+    } else if ((err as FastifyError).validation) {
+      status = 400;
+      code = 'invalid_request';
+      message =
+        `${(err as FastifyError).validationContext ?? 'request'} ${err.message.replace(/^(body|params|querystring|headers)\/?/, '')}`.trim();
+    } else if (
+      typeof (err as FastifyError).statusCode === 'number' &&
+      ((err as FastifyError).statusCode as number) < 500
+    ) {
+      status = (err as FastifyError).statusCode as number;
+      code =
+        status === 413 ? 'payload_too_large' : status === 415 ? 'unsupported_media_type' : 'invalid_request';
+      message = err.message;
+    } else {
+      request.log.error({ err }, 'request failed');
+    }
+    metrics.httpErrors.inc({ status: String(status) });
+    reply.code(status).send(errorBody(code, message));
+  });
+  app.setNotFoundHandler((request, reply) => {
+    metrics.httpErrors.inc({ status: '404' });
+    reply.code(404).send(errorBody('not_found', `no route ${request.method} ${request.url.split('?')[0]}`));
+  });
+
+  // Every route needs a bearer token except these.
+  const PUBLIC = new Set([
+    '/oauth/token',
+    '/v1/server/version',
+    '/health',
+    '/metrics',
+    '/openapi.json',
+    WEBSOCKET_PATH,
+  ]);
+  app.addHook('onRequest', async (request) => {
+    const path = request.url.split('?')[0] as string;
+    if (PUBLIC.has(path)) return;
+    request.principal = await tokens.verify(bearerToken(request));
+  });
+
+  app.get('/v1/server/version', { schema: { summary: 'Server version' } }, async () => ({
+    version: VERSION,
+    server: 'iotmp',
+  }));
+  app.get('/health', { schema: { summary: 'Health' } }, async () => ({ status: 'ok', devices: hub.size }));
+  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    reply.type(metrics.registry.contentType);
+    return metrics.registry.metrics();
+  });
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+
+  app.post<{ Body: Record<string, string | undefined> }>(
+    '/oauth/token',
+    {
+      schema: {
+        summary: 'Log in (grant_type=password) or refresh (grant_type=refresh_token); form or JSON',
+        body: {
+          type: 'object',
+          properties: {
+            grant_type: { type: 'string', enum: ['password', 'refresh_token'] },
+            username: { type: 'string', minLength: 1, maxLength: 128 },
+            password: { type: 'string', minLength: 1, maxLength: 1024 },
+            refresh_token: { type: 'string', minLength: 1, maxLength: 512 },
+          },
+          required: ['grant_type'],
+        },
+      },
+    },
+    async (request) => {
+      const b = request.body;
+      if (b.grant_type === 'password') {
+        if (!b.username || !b.password)
+          throw new HttpError(400, 'invalid_request', 'username and password are required');
+        return tokens.login(b.username, b.password);
+      }
+      if (!b.refresh_token) throw new HttpError(400, 'invalid_request', 'refresh_token is required');
+      return tokens.refresh(b.refresh_token);
+    },
+  );
+
+  registerAccountRoutes(app, ctx);
+  registerResourceRoutes(app, ctx);
+
+  // Devices over WebSocket on the HTTP port.
+  app.get(WEBSOCKET_PATH, { websocket: true, schema: { hide: true } }, (socket, request) => {
+    hub.accept(acceptWebSocket(socket, `${request.socket.remoteAddress}:${request.socket.remotePort}`));
+  });
+
+  const httpPort = await app
+    .listen({ port: config.httpPort, host: config.host })
+    .then(() => (app.server.address() as net.AddressInfo).port);
+
+  // --- IOTMP listeners
+  const deviceServers: net.Server[] = [];
+  let tcpPort = 0;
+  let tlsPort = 0;
+  let tlsCert: string | undefined;
+  if (config.tcpPort > 0) {
+    const server = net.createServer({ noDelay: true }, (socket) => hub.accept(new SocketTransport(socket)));
+    tcpPort = await listen(server, config.tcpPort, config.host);
+    deviceServers.push(server);
+  }
+  if (config.tlsPort > 0) {
+    const material = loadOrCreateTls(config.dataDir, config.tlsCert, config.tlsKey);
+    if (material.generated)
+      log.warn(
+        { cert: material.certFile },
+        'generated a self-signed TLS certificate (ECDSA P-256); give --tls-cert/--tls-key for a real one',
+      );
+    tlsCert = material.cert;
+    const server = tls.createServer(
+      { cert: material.cert, key: material.key, minVersion: 'TLSv1.2' },
+      (socket) => hub.accept(new SocketTransport(socket)),
+    );
+    server.on('tlsClientError', (err) => log.debug({ err: err.message }, 'TLS handshake failed'));
+    tlsPort = await listen(server, config.tlsPort, config.host);
+    deviceServers.push(server);
+  }
+  log.info(
+    {
+      http: httpPort,
+      tcp: tcpPort || 'off',
+      tls: tlsPort || 'off',
+      ws: WEBSOCKET_PATH,
+      dataDir: config.dataDir,
+    },
+    'iotmp server listening',
+  );
+
+  let closing: Promise<void> | undefined;
+  const close = () => {
+    closing ??= (async () => {
+      log.info('shutting down');
+      for (const s of deviceServers) s.close();
+      hub.closeAll();
+      await Promise.race([app.close(), new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
+      db.close();
+      log.info('stopped');
+    })();
+    return closing;
+  };
+
+  return { config, httpPort, tcpPort, tlsPort, tlsCert, app, hub, accounts, tokens, log, close };
+}

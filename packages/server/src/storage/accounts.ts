@@ -1,0 +1,274 @@
+import type { Db } from './database.js';
+
+export interface UserRecord {
+  username: string;
+  passwordHash: string;
+  createdAt: number;
+}
+
+export interface DeviceRecord {
+  username: string;
+  device: string;
+  name: string;
+  description: string;
+  enabled: boolean;
+  credentialHash: string;
+  credentialVersion: number;
+  createdAt: number;
+  updatedAt: number;
+  lastConnectedTs: number | null;
+  lastIp: string | null;
+}
+
+export interface AccessTokenRecord {
+  id: string;
+  username: string;
+  name: string;
+  scope: TokenScope;
+  createdAt: number;
+  expiresAt: number | null;
+}
+
+/**
+ * What an access token may do. `devices` absent = all devices; per device, `resources`
+ * absent = all resources. `access` "read" allows GET (describe, read, stats), "call" also
+ * running resources and changing things.
+ */
+export interface TokenScope {
+  access: 'read' | 'call';
+  devices?: Record<string, { resources?: string[] }>;
+}
+
+interface DeviceRow {
+  username: string;
+  device: string;
+  name: string;
+  description: string;
+  enabled: number;
+  credential_hash: string;
+  credential_version: number;
+  created_at: number;
+  updated_at: number;
+  last_connected_ts: number | null;
+  last_ip: string | null;
+}
+
+function toDevice(row: DeviceRow): DeviceRecord {
+  return {
+    username: row.username,
+    device: row.device,
+    name: row.name,
+    description: row.description,
+    enabled: row.enabled === 1,
+    credentialHash: row.credential_hash,
+    credentialVersion: row.credential_version,
+    createdAt: row.created_at,
+    updatedAt: row.updated_at,
+    lastConnectedTs: row.last_connected_ts,
+    lastIp: row.last_ip,
+  };
+}
+
+export class AlreadyExistsError extends Error {
+  override name = 'AlreadyExistsError';
+}
+
+/** Users, devices and tokens in SQLite. Every method is one statement or one transaction. */
+export class AccountStore {
+  private readonly st;
+
+  constructor(private readonly db: Db) {
+    this.st = {
+      insertUser: db.prepare('INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)'),
+      getUser: db.prepare('SELECT username, password_hash, created_at FROM users WHERE username = ?'),
+      countUsers: db.prepare('SELECT count(*) AS n FROM users'),
+      insertDevice: db.prepare(
+        `INSERT INTO devices (username, device, name, description, enabled, credential_hash, created_at, updated_at)
+         VALUES (@username, @device, @name, @description, @enabled, @credentialHash, @now, @now)`,
+      ),
+      getDevice: db.prepare('SELECT * FROM devices WHERE username = ? AND device = ?'),
+      listDevices: db.prepare('SELECT * FROM devices WHERE username = ? ORDER BY device LIMIT ? OFFSET ?'),
+      countDevices: db.prepare('SELECT count(*) AS n FROM devices WHERE username = ?'),
+      deleteDevice: db.prepare('DELETE FROM devices WHERE username = ? AND device = ?'),
+      recordConnection: db.prepare(
+        'UPDATE devices SET last_connected_ts = ?, last_ip = ? WHERE username = ? AND device = ?',
+      ),
+      insertToken: db.prepare(
+        'INSERT INTO access_tokens (id, username, name, scope, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)',
+      ),
+      getToken: db.prepare('SELECT * FROM access_tokens WHERE id = ?'),
+      listTokens: db.prepare('SELECT * FROM access_tokens WHERE username = ? ORDER BY created_at'),
+      deleteToken: db.prepare('DELETE FROM access_tokens WHERE username = ? AND id = ?'),
+      insertRefresh: db.prepare(
+        'INSERT INTO refresh_tokens (token_hash, username, expires_at) VALUES (?, ?, ?)',
+      ),
+      takeRefresh: db.prepare(
+        'DELETE FROM refresh_tokens WHERE token_hash = ? RETURNING username, expires_at',
+      ),
+      purgeRefresh: db.prepare('DELETE FROM refresh_tokens WHERE expires_at < ?'),
+      getSetting: db.prepare('SELECT value FROM settings WHERE key = ?'),
+      setSetting: db.prepare(
+        'INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value',
+      ),
+    };
+  }
+
+  // --- users
+
+  createUser(username: string, passwordHash: string): void {
+    try {
+      this.st.insertUser.run(username, passwordHash, Date.now());
+    } catch (err) {
+      if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+        throw new AlreadyExistsError(`user ${username} already exists`);
+      }
+      throw err;
+    }
+  }
+
+  getUser(username: string): UserRecord | undefined {
+    const row = this.st.getUser.get(username) as
+      | { username: string; password_hash: string; created_at: number }
+      | undefined;
+    return row && { username: row.username, passwordHash: row.password_hash, createdAt: row.created_at };
+  }
+
+  countUsers(): number {
+    return (this.st.countUsers.get() as { n: number }).n;
+  }
+
+  // --- devices
+
+  createDevice(d: {
+    username: string;
+    device: string;
+    name: string;
+    description: string;
+    enabled: boolean;
+    credentialHash: string;
+  }): DeviceRecord {
+    try {
+      this.st.insertDevice.run({ ...d, enabled: d.enabled ? 1 : 0, now: Date.now() });
+    } catch (err) {
+      if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') {
+        throw new AlreadyExistsError(`device ${d.device} already exists`);
+      }
+      throw err;
+    }
+    return this.getDevice(d.username, d.device) as DeviceRecord;
+  }
+
+  getDevice(username: string, device: string): DeviceRecord | undefined {
+    const row = this.st.getDevice.get(username, device) as DeviceRow | undefined;
+    return row && toDevice(row);
+  }
+
+  listDevices(username: string, count: number, index: number): DeviceRecord[] {
+    return (this.st.listDevices.all(username, count, index) as DeviceRow[]).map(toDevice);
+  }
+
+  countDevices(username: string): number {
+    return (this.st.countDevices.get(username) as { n: number }).n;
+  }
+
+  /** Applies the given changes; a new credential hash bumps the credential version. */
+  updateDevice(
+    username: string,
+    device: string,
+    patch: { name?: string; description?: string; enabled?: boolean; credentialHash?: string },
+  ): DeviceRecord | undefined {
+    const sets: string[] = [];
+    const values: Array<string | number> = [];
+    if (patch.name !== undefined) {
+      sets.push('name = ?');
+      values.push(patch.name);
+    }
+    if (patch.description !== undefined) {
+      sets.push('description = ?');
+      values.push(patch.description);
+    }
+    if (patch.enabled !== undefined) {
+      sets.push('enabled = ?');
+      values.push(patch.enabled ? 1 : 0);
+    }
+    if (patch.credentialHash !== undefined) {
+      sets.push('credential_hash = ?', 'credential_version = credential_version + 1');
+      values.push(patch.credentialHash);
+    }
+    sets.push('updated_at = ?');
+    values.push(Date.now());
+    const info = this.db
+      .prepare(`UPDATE devices SET ${sets.join(', ')} WHERE username = ? AND device = ?`)
+      .run(...values, username, device);
+    return info.changes === 0 ? undefined : this.getDevice(username, device);
+  }
+
+  deleteDevice(username: string, device: string): boolean {
+    return this.st.deleteDevice.run(username, device).changes > 0;
+  }
+
+  recordConnection(username: string, device: string, ts: number, ip: string | null): void {
+    this.st.recordConnection.run(ts, ip, username, device);
+  }
+
+  // --- access tokens
+
+  createAccessToken(t: AccessTokenRecord): void {
+    this.st.insertToken.run(t.id, t.username, t.name, JSON.stringify(t.scope), t.createdAt, t.expiresAt);
+  }
+
+  getAccessToken(id: string): AccessTokenRecord | undefined {
+    const row = this.st.getToken.get(id) as
+      | {
+          id: string;
+          username: string;
+          name: string;
+          scope: string;
+          created_at: number;
+          expires_at: number | null;
+        }
+      | undefined;
+    return (
+      row && {
+        id: row.id,
+        username: row.username,
+        name: row.name,
+        scope: JSON.parse(row.scope) as TokenScope,
+        createdAt: row.created_at,
+        expiresAt: row.expires_at,
+      }
+    );
+  }
+
+  listAccessTokens(username: string): AccessTokenRecord[] {
+    return (this.st.listTokens.all(username) as Array<{ id: string }>).map(
+      (r) => this.getAccessToken(r.id) as AccessTokenRecord,
+    );
+  }
+
+  deleteAccessToken(username: string, id: string): boolean {
+    return this.st.deleteToken.run(username, id).changes > 0;
+  }
+
+  // --- refresh tokens (single use: taking one deletes it)
+
+  addRefreshToken(tokenHash: string, username: string, expiresAt: number): void {
+    this.st.purgeRefresh.run(Date.now());
+    this.st.insertRefresh.run(tokenHash, username, expiresAt);
+  }
+
+  takeRefreshToken(tokenHash: string): { username: string; expiresAt: number } | undefined {
+    const row = this.st.takeRefresh.get(tokenHash) as { username: string; expires_at: number } | undefined;
+    return row && { username: row.username, expiresAt: row.expires_at };
+  }
+
+  // --- settings
+
+  getSetting(key: string): string | undefined {
+    return (this.st.getSetting.get(key) as { value: string } | undefined)?.value;
+  }
+
+  setSetting(key: string, value: string): void {
+    this.st.setSetting.run(key, value);
+  }
+}
