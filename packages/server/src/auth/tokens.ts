@@ -59,7 +59,9 @@ export class TokenService {
   async login(username: string, password: string): Promise<IssuedTokens> {
     const user = this.accounts.getUser(username);
     // Same work whether or not the user exists: no timing oracle for user names.
-    const ok = user ? await verifySecret(password, user.passwordHash) : (await hashSecret(password), false);
+    let ok = false;
+    if (user) ok = await verifySecret(password, user.passwordHash);
+    else await hashSecret(password);
     if (!ok) throw new AuthFailure('invalid username or password', 401, 'invalid_grant');
     return this.issue(username);
   }
