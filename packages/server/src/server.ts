@@ -22,6 +22,7 @@ import { registerAccountRoutes } from './api/account-routes.js';
 import { type AppContext, bearerToken } from './api/context.js';
 import { errorBody, HttpError } from './api/errors.js';
 import { registerResourceRoutes } from './api/resource-routes.js';
+import { registerWsRoutes } from './api/ws-routes.js';
 import { AuthFailure, TokenService } from './auth/tokens.js';
 import type { ServerConfig } from './config.js';
 import { DeviceHub } from './devices/hub.js';
@@ -96,6 +97,7 @@ export async function startServer(
   const app = Fastify({
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     bodyLimit: config.maxBodyBytes,
+    routerOptions: { maxParamLength: 1024 }, // ids may be 128 characters (ID_PATTERN); the default is 100
     // Per-request log lines would dominate the log at device-call rates.
     logController: new LogController({ disableRequestLogging: true }),
     ajv: { customOptions: { coerceTypes: true, removeAdditional: false, allErrors: false } },
@@ -208,6 +210,7 @@ export async function startServer(
 
   registerAccountRoutes(app, ctx);
   registerResourceRoutes(app, ctx);
+  registerWsRoutes(app, ctx);
 
   // Devices over WebSocket on the HTTP port.
   app.get(WEBSOCKET_PATH, { websocket: true, schema: { hide: true } }, (socket, request) => {

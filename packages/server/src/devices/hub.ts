@@ -137,6 +137,10 @@ export class DeviceHub {
         this.authenticate(info, session, (d) => {
           live = d;
         }),
+      // Registered only once the OK is out: nothing may reach the device before it (spec Appendix C).
+      onOpen: () => {
+        if (live) this.register(live);
+      },
       onServerCall: (call) => {
         const handler = live && this.options.serverResources?.(live).onServerCall;
         if (!handler) throw new Error('server resources are not available');
@@ -201,33 +205,36 @@ export class DeviceHub {
     const current = this.options.accounts.getDevice(info.username, info.deviceId);
     if (!current?.enabled || current.credentialVersion !== record?.credentialVersion) return false;
     this.throttle.succeed(deviceKey);
-    const now = Date.now();
-    const live: LiveDevice = {
-      username: info.username,
-      device: info.deviceId,
-      session,
-      connectedTs: now,
-      ip,
-    };
+    setLive({ username: info.username, device: info.deviceId, session, connectedTs: Date.now(), ip });
+    return true;
+  }
+
+  /** Makes a logged-in device live, replacing an older session of the same device. */
+  private register(live: LiveDevice): void {
+    const id = key(live.username, live.device);
     const previous = this.live.get(id);
     this.live.set(id, live);
-    this.pendingSessions.delete(session);
-    setLive(live);
+    this.pendingSessions.delete(live.session);
     if (previous) {
       this.options.log.info(
-        { username: info.username, device: info.deviceId },
+        { username: live.username, device: live.device },
         'new login replaces the live session',
       );
       previous.session.close();
     }
     this.counters.connects++;
-    this.options.accounts.recordConnection(info.username, info.deviceId, now, ip ?? null);
+    this.options.accounts.recordConnection(live.username, live.device, live.connectedTs, live.ip ?? null);
     this.options.log.info(
-      { username: info.username, device: info.deviceId, ip, version: info.version },
+      { username: live.username, device: live.device, ip: live.ip, version: live.session.version },
       'device connected',
     );
-    this.emit({ username: info.username, device: info.deviceId, connected: true, ts: now, ip });
-    return true;
+    this.emit({
+      username: live.username,
+      device: live.device,
+      connected: true,
+      ts: live.connectedTs,
+      ip: live.ip,
+    });
   }
 
   private onSessionClose(
