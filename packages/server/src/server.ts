@@ -11,6 +11,7 @@ import {
   SocketTransport,
   WEBSOCKET_PATH,
 } from '@iotmp/protocol/node';
+import { Ajv } from 'ajv';
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyError,
@@ -100,8 +101,32 @@ export async function startServer(
     routerOptions: { maxParamLength: 1024 }, // ids may be 128 characters (ID_PATTERN); the default is 100
     // Per-request log lines would dominate the log at device-call rates.
     logController: new LogController({ disableRequestLogging: true }),
-    ajv: { customOptions: { coerceTypes: true, removeAdditional: false, allErrors: false } },
+    // Framework-level rejections (malformed URL, over-long parameter) in our error shape too.
+    frameworkErrors: (err, _request, reply) => {
+      const status = err.statusCode ?? 400;
+      metrics.httpErrors.inc({ status: String(status) });
+      const raw = reply as unknown as { code(n: number): { send(body: unknown): void } };
+      raw.code(status).send(errorBody(status === 414 ? 'uri_too_long' : 'invalid_request', err.message));
+    },
   });
+  // Query strings and path parameters are text: coerce them to the schema's types. JSON
+  // bodies are typed already: a number where a string belongs is an error, not a conversion.
+  const coercing = new Ajv({
+    coerceTypes: true,
+    useDefaults: true,
+    removeAdditional: false,
+    allErrors: false,
+  });
+  const strict = new Ajv({
+    coerceTypes: false,
+    useDefaults: true,
+    removeAdditional: false,
+    allErrors: false,
+  });
+  app.setValidatorCompiler(
+    ({ schema, httpPart }) =>
+      (httpPart === 'body' ? strict : coercing).compile(schema) as ReturnType<typeof strict.compile>,
+  );
   app.decorateRequest('principal', undefined);
   await app.register(formbody);
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_req, body, done) =>

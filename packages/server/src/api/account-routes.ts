@@ -70,13 +70,23 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
     },
     async (request, reply) => {
       const { user } = request.params;
-      authorize(request.principal!, user, 'read');
       const { count = 100, index = 0 } = request.query;
-      const scope = request.principal?.scope;
-      let devices = ctx.accounts.listDevices(user, count, index);
-      if (scope?.devices) devices = devices.filter((d) => Object.hasOwn(scope.devices ?? {}, d.device));
+      const scoped = request.principal?.scope?.devices;
+      if (scoped) {
+        // A token limited to some devices lists just those.
+        const names = Object.keys(scoped).filter((d) => Object.hasOwn(scoped, d));
+        for (const d of names) authorize(request.principal!, user, 'read', d);
+        const all = names
+          .map((d) => ctx.accounts.getDevice(user, d))
+          .filter((d): d is DeviceRecord => d !== undefined)
+          .sort((a, b) => (a.device < b.device ? -1 : 1));
+        if (names.length === 0) authorize(request.principal!, user, 'read', '');
+        reply.header('x-total-count', String(all.length));
+        return all.slice(index, index + count).map(view);
+      }
+      authorize(request.principal!, user, 'read');
       reply.header('x-total-count', String(ctx.accounts.countDevices(user)));
-      return devices.map(view);
+      return ctx.accounts.listDevices(user, count, index).map(view);
     },
   );
 

@@ -1,5 +1,5 @@
-import { ClosedError, RequestError, TimeoutError } from '@iotmp/protocol';
-import type { PsonValue } from '@iotmp/pson';
+import { ClosedError, FrameError, RequestError, TimeoutError } from '@iotmp/protocol';
+import { PsonError, type PsonValue } from '@iotmp/pson';
 import type { FastifyInstance, FastifyReply } from 'fastify';
 import { authorize } from '../auth/tokens.js';
 import type { LiveDevice } from '../devices/hub.js';
@@ -34,8 +34,13 @@ function mapDeviceError(err: unknown, resource: string, timeoutMs: number): Http
   if (err instanceof TimeoutError) {
     return new HttpError(504, 'device_timeout', `device did not answer ${resource} within ${timeoutMs} ms`);
   }
-  if (err instanceof ClosedError)
+  if (err instanceof ClosedError) {
     return new HttpError(404, 'device_offline', 'device disconnected during the call');
+  }
+  // The input could not be put on the wire (nested too deep, too large for one frame).
+  if (err instanceof PsonError || err instanceof FrameError) {
+    return new HttpError(400, 'invalid_request', `input cannot be sent to the device: ${err.message}`);
+  }
   if (err instanceof RequestError) {
     const message =
       typeof err.payload === 'object' && err.payload !== null && 'error' in err.payload

@@ -37,12 +37,13 @@ export async function verifySecret(secret: string, stored: string): Promise<bool
 /**
  * Remembers credentials that verified recently, so that a reconnect storm does not cost one
  * scrypt per device. Entries are keyed by a keyed hash (HMAC with a per-process secret) of
- * the device and credential, carry the device's credential version (a credential change
+ * the device and credential, carry the stored credential hash they were checked against (a
+ * credential change, or a deleted and re-created device, has a new salted hash
  * invalidates them) and expire after `ttlMs`. Nothing in it can be reversed to a credential.
  */
 export class VerifierCache {
   private readonly key = randomBytes(32);
-  private readonly entries = new Map<string, { version: number; expires: number }>();
+  private readonly entries = new Map<string, { stored: string; expires: number }>();
 
   constructor(
     private readonly ttlMs = 10 * 60_000,
@@ -53,24 +54,24 @@ export class VerifierCache {
     return createHmac('sha256', this.key).update(id).update('\0').update(credential).digest('base64url');
   }
 
-  has(id: string, credential: string, version: number, now = Date.now()): boolean {
+  has(id: string, credential: string, stored: string, now = Date.now()): boolean {
     const k = this.digest(id, credential);
     const e = this.entries.get(k);
     if (!e) return false;
-    if (e.version !== version || e.expires < now) {
+    if (e.stored !== stored || e.expires < now) {
       this.entries.delete(k);
       return false;
     }
     return true;
   }
 
-  add(id: string, credential: string, version: number, now = Date.now()): void {
+  add(id: string, credential: string, stored: string, now = Date.now()): void {
     if (this.entries.size >= this.maxEntries) {
       // Drop the oldest insertion (Map keeps insertion order).
       const first = this.entries.keys().next().value;
       if (first !== undefined) this.entries.delete(first);
     }
-    this.entries.set(this.digest(id, credential), { version, expires: now + this.ttlMs });
+    this.entries.set(this.digest(id, credential), { stored, expires: now + this.ttlMs });
   }
 
   get size(): number {

@@ -67,6 +67,8 @@ export class DeviceHub {
   private readonly listeners = new Set<(change: DeviceStateChange) => void>();
   private readonly throttle: LoginThrottle;
   private readonly cache: VerifierCache;
+  /** scrypt needs 32 MiB and ~100 ms of a core: run few at once, queue the rest. */
+  private readonly kdf = new Semaphore(4);
   readonly counters: HubCounters = { connects: 0, authFailures: 0, throttled: 0, closedSlowPeer: 0 };
   private closing = false;
   /** Traffic of sessions that have ended; live ones are added when read. */
@@ -166,27 +168,26 @@ export class DeviceHub {
   ): Promise<boolean | number> {
     const ip = hostOf(info.remoteAddress);
     const id = key(info.username, info.deviceId);
-    const ipKey = `ip:${ip ?? 'unknown'}`;
-    const deviceKey = `device:${id}`;
-    if (this.throttle.isBlocked(ipKey) || this.throttle.isBlocked(deviceKey)) {
-      this.counters.throttled++;
-      this.counters.authFailures++;
-      this.options.log.warn(
-        { username: info.username, device: info.deviceId, ip },
-        'login throttled after repeated failures',
-      );
-      return ConnectError.BAD_CREDENTIALS;
-    }
     const record = this.options.accounts.getDevice(info.username, info.deviceId);
+    // A recently verified credential costs one HMAC, and proves the secret: no throttling.
+    if (record?.enabled && this.cache.has(id, info.credential, record.credentialHash)) {
+      return this.accepted(info, session, setLive, ip);
+    }
+    // Throttled per source address, and per device from that address: a stranger elsewhere
+    // cannot lock a device out by failing its logins.
+    const ipKey = `ip:${ip ?? 'unknown'}`;
+    const deviceKey = `device:${id}@${ip ?? 'unknown'}`;
+    if (!this.throttle.begin(ipKey)) return this.throttled(info, ip);
+    if (!this.throttle.begin(deviceKey)) {
+      this.throttle.end(ipKey);
+      return this.throttled(info, ip);
+    }
     let ok = false;
     if (record?.enabled) {
-      if (this.cache.has(id, info.credential, record.credentialVersion)) ok = true;
-      else if (await verifySecret(info.credential, record.credentialHash)) {
-        ok = true;
-        this.cache.add(id, info.credential, record.credentialVersion);
-      }
+      ok = await this.kdf.run(() => verifySecret(info.credential, record.credentialHash));
+      if (ok) this.cache.add(id, info.credential, record.credentialHash);
     }
-    if (!ok || session.state !== 'authenticating') {
+    if (!ok) {
       this.counters.authFailures++;
       this.throttle.fail(ipKey);
       this.throttle.fail(deviceKey);
@@ -201,10 +202,31 @@ export class DeviceHub {
       );
       return false;
     }
-    // Re-check after the await: the device may have been disabled or deleted meanwhile.
-    const current = this.options.accounts.getDevice(info.username, info.deviceId);
-    if (!current?.enabled || current.credentialVersion !== record?.credentialVersion) return false;
+    this.throttle.succeed(ipKey);
     this.throttle.succeed(deviceKey);
+    // Re-check after the await: the device may have been disabled, deleted or re-keyed meanwhile.
+    const current = this.options.accounts.getDevice(info.username, info.deviceId);
+    if (!current?.enabled || current.credentialHash !== record?.credentialHash) return false;
+    return this.accepted(info, session, setLive, ip);
+  }
+
+  private throttled(info: ConnectInfo, ip: string | undefined): number {
+    this.counters.throttled++;
+    this.counters.authFailures++;
+    this.options.log.warn(
+      { username: info.username, device: info.deviceId, ip },
+      'login throttled after repeated failures',
+    );
+    return ConnectError.BAD_CREDENTIALS;
+  }
+
+  private accepted(
+    info: ConnectInfo,
+    session: Session,
+    setLive: (d: LiveDevice) => void,
+    ip: string | undefined,
+  ): boolean {
+    if (session.state !== 'authenticating') return false;
     setLive({ username: info.username, device: info.deviceId, session, connectedTs: Date.now(), ip });
     return true;
   }
@@ -278,6 +300,24 @@ export class DeviceHub {
     this.closing = true;
     for (const s of this.pendingSessions) s.close();
     for (const d of [...this.live.values()]) d.session.close();
+  }
+}
+
+/** At most `limit` tasks at once; the rest wait in order. */
+class Semaphore {
+  private active = 0;
+  private readonly waiting: Array<() => void> = [];
+  constructor(private readonly limit: number) {}
+
+  async run<T>(task: () => Promise<T>): Promise<T> {
+    if (this.active >= this.limit) await new Promise<void>((resolve) => this.waiting.push(resolve));
+    this.active++;
+    try {
+      return await task();
+    } finally {
+      this.active--;
+      this.waiting.shift()?.();
+    }
   }
 }
 

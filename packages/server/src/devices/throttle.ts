@@ -1,13 +1,19 @@
+interface Entry {
+  failures: number;
+  inFlight: number;
+  windowStart: number;
+  blockedUntil: number;
+}
+
 /**
- * Failed-login throttling per key (source address, device). After `maxFailures` failures
- * within `windowMs`, the key is blocked for `blockMs`: logins are refused without checking
- * the credential, so a flood costs no KDF work. Memory is bounded by `maxKeys`.
+ * Failed-login throttling per key (source address, device from an address). After
+ * `maxFailures` failures within `windowMs`, the key is blocked for `blockMs`: logins are
+ * refused without checking the credential. Checks still running count as possible failures,
+ * so a burst of concurrent bad logins cannot slip past the limit either. Memory is bounded
+ * by `maxKeys`.
  */
 export class LoginThrottle {
-  private readonly entries = new Map<
-    string,
-    { failures: number; windowStart: number; blockedUntil: number }
-  >();
+  private readonly entries = new Map<string, Entry>();
 
   constructor(
     private readonly maxFailures = 10,
@@ -16,29 +22,52 @@ export class LoginThrottle {
     private readonly maxKeys = 100_000,
   ) {}
 
+  private entry(key: string, now: number): Entry {
+    let e = this.entries.get(key);
+    if (!e || (now - e.windowStart > this.windowMs && e.inFlight === 0 && e.blockedUntil <= now)) {
+      if (!e && this.entries.size >= this.maxKeys) this.evict(now);
+      e = { failures: 0, inFlight: 0, windowStart: now, blockedUntil: 0 };
+      this.entries.set(key, e);
+    }
+    return e;
+  }
+
   isBlocked(key: string, now = Date.now()): boolean {
     const e = this.entries.get(key);
-    return e !== undefined && e.blockedUntil > now;
+    return e !== undefined && (e.blockedUntil > now || e.failures + e.inFlight >= this.maxFailures);
+  }
+
+  /** Starts a credential check: false (and nothing started) when the key is blocked. */
+  begin(key: string, now = Date.now()): boolean {
+    if (this.isBlocked(key, now)) return false;
+    this.entry(key, now).inFlight++;
+    return true;
   }
 
   fail(key: string, now = Date.now()): void {
-    let e = this.entries.get(key);
-    if (!e || now - e.windowStart > this.windowMs) {
-      if (!e && this.entries.size >= this.maxKeys) this.evict(now);
-      e = { failures: 0, windowStart: now, blockedUntil: 0 };
-      this.entries.set(key, e);
-    }
+    const e = this.entry(key, now);
+    if (e.inFlight > 0) e.inFlight--;
     e.failures++;
     if (e.failures >= this.maxFailures) e.blockedUntil = now + this.blockMs;
   }
 
   succeed(key: string): void {
-    this.entries.delete(key);
+    const e = this.entries.get(key);
+    if (!e) return;
+    if (e.inFlight > 0) e.inFlight--;
+    if (e.failures === 0 && e.inFlight === 0) this.entries.delete(key);
+  }
+
+  /** Ends a check that neither failed nor succeeded (e.g. the connection went away). */
+  end(key: string): void {
+    const e = this.entries.get(key);
+    if (e && e.inFlight > 0) e.inFlight--;
   }
 
   private evict(now: number): void {
     for (const [k, e] of this.entries) {
-      if (e.blockedUntil <= now && now - e.windowStart > this.windowMs) this.entries.delete(k);
+      if (e.inFlight === 0 && e.blockedUntil <= now && now - e.windowStart > this.windowMs)
+        this.entries.delete(k);
     }
     // Still full: forget the oldest entries rather than grow.
     while (this.entries.size >= this.maxKeys) {
