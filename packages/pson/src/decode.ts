@@ -13,8 +13,11 @@ let buf: Uint8Array = new Uint8Array(0);
 let pos = 0;
 /** End of the region being read: the input end, or (legacy) the current container's end. */
 let end = 0;
-/** End of the whole input, to tell truncation from a legacy container overrun. */
-let inputEnd = 0;
+/**
+ * Legacy containers open around the cursor. Inside one, running out of bytes is a malformed
+ * container (its declared length is all there), not a truncated input.
+ */
+let openV0 = 0;
 let maxDepth = DEFAULT_MAX_DEPTH;
 let strict = false;
 let replaceInvalidUtf8 = false;
@@ -23,9 +26,10 @@ let asMap = false;
 const fatalUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
 const lenientUtf8 = new TextDecoder('utf-8', { fatal: false, ignoreBOM: true });
 
-// Little-endian scratch views for reading floats without a DataView per input.
+// Scratch views for reading little-endian floats without a DataView per input: the bytes go
+// in as int32 words (one store instead of four) and come out as a float.
 const scratch = new ArrayBuffer(8);
-const scratchBytes = new Uint8Array(scratch);
+const scratchI32 = new Int32Array(scratch);
 const scratchF32 = new Float32Array(scratch);
 const scratchF64 = new Float64Array(scratch);
 const littleEndian = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
@@ -42,7 +46,7 @@ function setup(bytes: Uint8Array, offset: number, options: DecodeOptions | undef
   buf = bytes;
   pos = offset;
   end = bytes.length;
-  inputEnd = end;
+  openV0 = 0;
   maxDepth = options?.maxDepth ?? DEFAULT_MAX_DEPTH;
   strict = options?.strict ?? false;
   replaceInvalidUtf8 = options?.invalidUtf8 === 'replace';
@@ -72,7 +76,6 @@ export function decodeAt(
       throw new PsonError(PsonErrorCode.INVALID_OPTION, `limit ${limit} is outside the input`);
     }
     end = limit;
-    inputEnd = limit;
   }
   try {
     const value = (options?.version ?? 1) === 1 ? readV1(0) : readV0Checked(options, 0);
@@ -108,7 +111,7 @@ function readV0Checked(options: DecodeOptions | undefined, depth: number): PsonV
 }
 
 function truncated(at: number): PsonError {
-  if (end < inputEnd) {
+  if (openV0 > 0) {
     return new PsonError(PsonErrorCode.CONTAINER_OVERRUN, 'element runs past the end of its container', at);
   }
   return new PsonError(PsonErrorCode.TRUNCATED, 'input ends inside a PSON value', at);
@@ -166,10 +169,7 @@ function nonMinimal(at: number): PsonError {
 function readFloat32(at: number): number {
   if (end - pos < 4) throw truncated(at);
   if (littleEndian) {
-    scratchBytes[0] = buf[pos] as number;
-    scratchBytes[1] = buf[pos + 1] as number;
-    scratchBytes[2] = buf[pos + 2] as number;
-    scratchBytes[3] = buf[pos + 3] as number;
+    scratchI32[0] = word(buf, pos);
     pos += 4;
     return scratchF32[0] as number;
   }
@@ -181,7 +181,8 @@ function readFloat32(at: number): number {
 function readFloat64(at: number): number {
   if (end - pos < 8) throw truncated(at);
   if (littleEndian) {
-    for (let i = 0; i < 8; i++) scratchBytes[i] = buf[pos + i] as number;
+    scratchI32[0] = word(buf, pos);
+    scratchI32[1] = word(buf, pos + 4);
     pos += 8;
     return scratchF64[0] as number;
   }
@@ -190,21 +191,101 @@ function readFloat64(at: number): number {
   return v;
 }
 
+// Short strings (map keys above all) repeat from message to message, and building a string
+// from bytes costs far more than comparing a few bytes (a fresh key also costs the property
+// store that follows a string-table lookup). So recent strings of up to 32 bytes are kept in
+// a fixed-size cache, 2 ways per set so that two strings that hash alike do not evict each
+// other on every message. An entry is summarised by its length and three 4-byte words (the
+// first, the middle one above 8 bytes, the last), which together cover every byte of a
+// string of up to 12 bytes; longer entries also keep their bytes to compare the rest. A hit
+// is always an exact match, and only strings decoded without loss are cached, so a hit
+// returns exactly what decoding would.
+const MAX_CACHED = 32;
+const SET_BITS = 11;
+const WAYS = 2 << SET_BITS;
+const cacheStrings: string[] = new Array<string>(WAYS).fill('');
+const cacheLengths = new Uint8Array(WAYS); // 0: an empty way (the empty string is never looked up)
+const cacheWords = new Int32Array(WAYS * 3);
+const cacheBytes = new Uint8Array(WAYS * MAX_CACHED);
+
 /** Reads `n` bytes of UTF-8 (bounds already checked). */
 function readUtf8(n: number, at: number): string {
   const start = pos;
-  pos += n;
-  if (n <= 24) {
-    // ASCII fast path: most keys and labels. TextDecoder has a fixed per-call cost.
-    let s = '';
-    for (let i = start; i < pos; i++) {
-      const c = buf[i] as number;
-      if (c >= 0x80) return readUtf8Slow(start, at);
-      s += String.fromCharCode(c);
-    }
-    return s;
+  const stop = start + n;
+  pos = stop;
+  if (n > MAX_CACHED) return readUtf8Slow(start, at);
+  if (n === 0) return '';
+  const b = buf; // a local: module variables cost a load on every use
+  let w0: number;
+  let w1 = 0;
+  let w2 = 0;
+  if (n >= 4) {
+    w0 = word(b, start);
+    if (n > 8) w1 = word(b, start + (n >> 1) - 2); // first and last word overlap up to 8 bytes
+    w2 = word(b, stop - 4);
+  } else {
+    w0 = (b[start] as number) | ((b[start + (n >> 1)] as number) << 8) | ((b[stop - 1] as number) << 16);
   }
-  return readUtf8Slow(start, at);
+  let hash = Math.imul(n ^ w0, 0x9e3779b1);
+  hash = Math.imul(hash ^ w1, 0x9e3779b1);
+  hash = Math.imul(hash ^ w2, 0x9e3779b1);
+  const way0 = (hash >>> (32 - SET_BITS)) << 1; // the top bits mix all the input
+  const way1 = way0 + 1;
+  if (cached(way0, n, w0, w1, w2, start)) return cacheStrings[way0] as string;
+  if (cached(way1, n, w0, w1, w2, start)) return cacheStrings[way1] as string;
+
+  // A miss: decode the string, then cache it.
+  let s: string | undefined;
+  for (let i = start; i < stop; i++) {
+    if ((b[i] as number) >= 0x80) {
+      s = readUtf8Slow(start, at);
+      if (replaceInvalidUtf8) return s; // perhaps lossy: never cache
+      break;
+    }
+  }
+  if (s === undefined) s = String.fromCharCode.apply(null, b.subarray(start, stop) as unknown as number[]);
+  // The newcomer takes way 0, the previous way-0 entry moves to way 1.
+  const previous = cacheLengths[way0] as number;
+  cacheStrings[way1] = cacheStrings[way0] as string;
+  cacheLengths[way1] = previous;
+  cacheWords.copyWithin(way1 * 3, way0 * 3, way0 * 3 + 3);
+  if (previous > 12) {
+    cacheBytes.copyWithin(way1 * MAX_CACHED, way0 * MAX_CACHED, way0 * MAX_CACHED + previous);
+  }
+  cacheStrings[way0] = s;
+  cacheLengths[way0] = n;
+  cacheWords[way0 * 3] = w0;
+  cacheWords[way0 * 3 + 1] = w1;
+  cacheWords[way0 * 3 + 2] = w2;
+  if (n > 12) cacheBytes.set(b.subarray(start, stop), way0 * MAX_CACHED);
+  return s;
+}
+
+/** Four bytes as one little-endian int32. */
+function word(b: Uint8Array, i: number): number {
+  return (
+    (b[i] as number) |
+    ((b[i + 1] as number) << 8) |
+    ((b[i + 2] as number) << 16) |
+    ((b[i + 3] as number) << 24)
+  );
+}
+
+/** Whether cache entry `way` holds the `n` input bytes at `start` (summarised by w0…w2). */
+function cached(way: number, n: number, w0: number, w1: number, w2: number, start: number): boolean {
+  const k = way * 3;
+  if (
+    cacheLengths[way] !== n ||
+    cacheWords[k] !== w0 ||
+    cacheWords[k + 1] !== w1 ||
+    cacheWords[k + 2] !== w2
+  ) {
+    return false;
+  }
+  if (n <= 12) return true; // the three words cover every byte
+  const base = way * MAX_CACHED;
+  for (let i = 4; i < n - 4; i++) if (cacheBytes[base + i] !== buf[start + i]) return false;
+  return true;
 }
 
 function readUtf8Slow(start: number, at: number): string {
@@ -306,14 +387,21 @@ function readV1(depth: number): PsonValue {
   }
 }
 
+/** A map key: a string value with its own header. */
 function readKeyV1(): string {
   const at = pos;
   if (pos >= end) throw truncated(at);
   const header = buf[pos++] as number;
-  if (header >> 5 !== 4) {
+  if (header < 0x9f && header >= 0x80) {
+    // Inline length, the usual case: skip the count helpers.
+    const n = header & 0x1f;
+    if (n > end - pos) throw lengthOutOfRange(n, at);
+    return readUtf8(n, at);
+  }
+  if (header !== 0x9f) {
     throw new PsonError(PsonErrorCode.INVALID_KEY, `map key is not a string (header 0x${hex(header)})`, at);
   }
-  return readUtf8(readSizeV1(header & 0x1f, at, 1), at);
+  return readUtf8(readSizeV1(31, at, 1), at);
 }
 
 function readMapV1(inline: number, at: number, depth: number): PsonValue {
@@ -332,7 +420,10 @@ function readMapV1(inline: number, at: number, depth: number): PsonValue {
   for (let i = 0; i < n; i++) {
     const keyAt = pos;
     const key = readKeyV1();
-    setMember(obj, key, readV1(depth + 1), keyAt);
+    const value = readV1(depth + 1);
+    // The plain store is the hot path; strict mode and "__proto__" take the careful one.
+    if (strict || key === '__proto__') setMember(obj, key, value, keyAt);
+    else obj[key] = value;
   }
   return obj;
 }
@@ -352,7 +443,7 @@ function readArrayV1(inline: number, at: number, depth: number): PsonValue {
 function readLengthV0(at: number): number {
   const n = readVarint();
   if (typeof n === 'bigint' || n > end - pos) {
-    if (end < inputEnd) {
+    if (openV0 > 0) {
       throw new PsonError(
         PsonErrorCode.CONTAINER_OVERRUN,
         `length ${n} runs past the end of its container`,
@@ -428,6 +519,7 @@ function readMapV0(at: number, depth: number): PsonValue {
   const n = readLengthV0(at);
   const outerEnd = end;
   end = pos + n;
+  openV0++;
   const map = asMap ? new Map<string, PsonValue>() : undefined;
   const obj: PsonObject = {};
   while (pos < end) {
@@ -438,6 +530,7 @@ function readMapV0(at: number, depth: number): PsonValue {
     else setMember(obj, key, value, keyAt);
   }
   end = outerEnd;
+  openV0--;
   return map ?? obj;
 }
 
@@ -446,9 +539,11 @@ function readArrayV0(at: number, depth: number): PsonValue {
   const n = readLengthV0(at);
   const outerEnd = end;
   end = pos + n;
+  openV0++;
   const arr: PsonValue[] = [];
   while (pos < end) arr.push(readV0(depth + 1));
   end = outerEnd;
+  openV0--;
   return arr;
 }
 

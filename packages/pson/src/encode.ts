@@ -3,6 +3,7 @@ import { DEFAULT_MAX_DEPTH, type EncodeOptions } from './types.js';
 import { ByteWriter, varintSize, writeUtf8 } from './writer.js';
 
 const TWO_63 = 2 ** 63;
+const hasOwn = Object.prototype.hasOwnProperty;
 const MAX_U64 = 0xffff_ffff_ffff_ffffn;
 const MIN_I64 = -(2n ** 63n);
 
@@ -32,28 +33,25 @@ const L_MAP = 0x6a;
 const L_ARRAY = 0x72;
 const L_EMPTY = 0x78;
 
-/** Resolved options, shared by the recursive writers. */
-interface EncodeState {
-  maxDepth: number;
-  lossy: boolean;
-}
-
 /**
  * Writes one PSON value into `w`. Exposed for codecs that embed PSON in a larger buffer
  * (IOTMP frames); most callers want {@link encode}.
  */
 export function writePson(w: ByteWriter, value: unknown, options?: EncodeOptions): void {
-  const state: EncodeState = {
-    maxDepth: options?.maxDepth ?? DEFAULT_MAX_DEPTH,
-    lossy: options?.legacyLossyFloats ?? true,
-  };
-  const version = options?.version ?? 1;
-  if (version === 1) writeV1(w, value, 0, state);
-  else if (version === 0) writeV0(w, value, 0, state);
+  // The options travel as plain arguments: nothing to allocate per call.
+  if (options === undefined) {
+    writeV1(w, value, 0, DEFAULT_MAX_DEPTH);
+    return;
+  }
+  const maxDepth = options.maxDepth ?? DEFAULT_MAX_DEPTH;
+  const version = options.version ?? 1;
+  if (version === 1) writeV1(w, value, 0, maxDepth);
+  else if (version === 0) writeV0(w, value, 0, maxDepth, options.legacyLossyFloats ?? true);
   else throw new PsonError(PsonErrorCode.INVALID_OPTION, `unknown PSON version ${String(version)}`);
 }
 
 const shared = new ByteWriter();
+let sharedInUse = false;
 
 /**
  * Encodes `value` as PSON. Accepts null, booleans, numbers, bigints, strings, Uint8Array
@@ -63,15 +61,26 @@ const shared = new ByteWriter();
  * (new PSON) or the legacy "empty" value (legacy PSON).
  */
 export function encode(value: unknown, options?: EncodeOptions): Uint8Array {
-  shared.pos = 0;
-  writePson(shared, value, options);
-  const out = shared.copyFrom(0);
-  // Do not keep a huge scratch buffer alive after a one-off large encode.
-  if (shared.buf.length > 1 << 20) {
-    shared.buf = new Uint8Array(8192);
-    shared.view = new DataView(shared.buf.buffer);
+  if (sharedInUse) {
+    // Called from a toJSON method during another encode: the shared writer is taken.
+    const w = new ByteWriter(256);
+    writePson(w, value, options);
+    return w.copyFrom(0);
   }
-  return out;
+  sharedInUse = true;
+  try {
+    shared.pos = 0;
+    writePson(shared, value, options);
+    const out = shared.copyFrom(0);
+    // Do not keep a huge scratch buffer alive after a one-off large encode.
+    if (shared.buf.length > 1 << 20) {
+      shared.buf = new Uint8Array(8192);
+      shared.view = new DataView(shared.buf.buffer);
+    }
+    return out;
+  } finally {
+    sharedInUse = false;
+  }
 }
 
 function unsupported(value: unknown): PsonError {
@@ -183,27 +192,25 @@ function rangeError(v: bigint): PsonError {
 /** A string value (type 4) or a map key: header with the UTF-8 byte length, then the bytes. */
 function writeStringV1(w: ByteWriter, s: string): void {
   const len = s.length;
-  if (len < 11) {
-    // At most 30 bytes of UTF-8: the length always fits in the header byte.
-    w.ensure(1 + len * 3);
-    const at = w.pos;
-    const n = writeUtf8(w.buf, at + 1, s);
+  // Room for the longest UTF-8 (3 bytes per UTF-16 unit) after a header sized for the
+  // shortest (1 byte per unit): the header then only moves when non-ASCII text pushes the
+  // byte length past a header boundary, which ASCII never does.
+  const reserved = len < 31 ? 1 : 1 + varintSize(len);
+  w.ensure(reserved + 1 + len * 3); // + 1: the header grows by one byte at most
+  const at = w.pos;
+  const n = writeUtf8(w.buf, at + reserved, s);
+  if (n < 31) {
     w.buf[at] = T_STR | n;
     w.pos = at + 1 + n;
     return;
   }
-  const max = len * 3;
-  const reserved = max < 31 ? 1 : 1 + varintSize(max);
-  w.ensure(reserved + max);
-  const at = w.pos;
-  const n = writeUtf8(w.buf, at + reserved, s);
-  const used = n < 31 ? 1 : 1 + varintSize(n);
+  const used = 1 + varintSize(n);
   if (used !== reserved) w.buf.copyWithin(at + used, at + reserved, at + reserved + n);
   headerV1(w, T_STR, n);
   w.pos = at + used + n;
 }
 
-function writeV1(w: ByteWriter, v: unknown, depth: number, state: EncodeState): void {
+function writeV1(w: ByteWriter, v: unknown, depth: number, maxDepth: number): void {
   switch (typeof v) {
     case 'number':
       writeNumberV1(w, v);
@@ -229,11 +236,14 @@ function writeV1(w: ByteWriter, v: unknown, depth: number, state: EncodeState): 
     w.u8(0x62);
     return;
   }
-  if (depth >= state.maxDepth) throw tooDeep(state.maxDepth);
+  // Containers count against maxDepth, leaves (bytes) do not, as when decoding. A toJSON
+  // result counts as one level down, so that a toJSON returning itself (or another object
+  // with a toJSON) ends in DEPTH_EXCEEDED rather than a stack overflow.
   if (Array.isArray(v)) {
+    if (depth >= maxDepth) throw tooDeep(maxDepth);
     const n = v.length;
     headerV1(w, T_ARRAY, n);
-    for (let i = 0; i < n; i++) writeV1(w, v[i], depth + 1, state);
+    for (let i = 0; i < n; i++) writeV1(w, v[i], depth + 1, maxDepth);
     return;
   }
   const bytes = asBytes(v);
@@ -242,42 +252,52 @@ function writeV1(w: ByteWriter, v: unknown, depth: number, state: EncodeState): 
     w.bytes(bytes);
     return;
   }
+  if (depth >= maxDepth) throw tooDeep(maxDepth);
   if (v instanceof Map) {
     headerV1(w, T_MAP, v.size);
     for (const [key, value] of v) {
       if (typeof key !== 'string') throw unsupported(key);
       writeStringV1(w, key);
-      writeV1(w, value, depth + 1, state);
+      writeV1(w, value, depth + 1, maxDepth);
     }
     return;
   }
   if (hasToJSON(v)) {
-    writeV1(w, v.toJSON(), depth, state);
+    writeV1(w, v.toJSON(), depth + 1, maxDepth);
     return;
   }
-  writeObjectV1(w, v as Record<string, unknown>, depth, state);
+  writeObjectV1(w, v as Record<string, unknown>, depth, maxDepth);
 }
 
-function writeObjectV1(w: ByteWriter, obj: Record<string, unknown>, depth: number, state: EncodeState): void {
-  const keys = Object.keys(obj);
-  let count = keys.length;
-  if (count >= 31) {
-    for (const key of keys) if (obj[key] === undefined) count--;
-    headerV1(w, T_MAP, count);
-  } else {
-    // One header byte whatever the final count: patch it once undefined members are known.
-    w.u8(T_MAP);
-  }
-  const headerAt = w.pos - 1;
+function writeObjectV1(w: ByteWriter, obj: Record<string, unknown>, depth: number, maxDepth: number): void {
+  // One header byte, patched once the members are written (undefined ones are left out).
+  // More than 30 members need a longer header: the members then move up to make room.
+  const headerAt = w.pos;
+  w.u8(T_MAP);
+  const start = w.pos;
   let written = 0;
-  for (const key of keys) {
+  // for-in rather than Object.keys: V8 reads the values through the enumeration cache
+  // instead of a lookup per key. It also walks the prototype chain, hence the own check
+  // (hasOwnProperty.call, which V8 folds inside for-in; Object.hasOwn it does not).
+  for (const key in obj) {
+    if (!hasOwn.call(obj, key)) continue;
     const value = obj[key];
     if (value === undefined) continue;
     writeStringV1(w, key);
-    writeV1(w, value, depth + 1, state);
+    writeV1(w, value, depth + 1, maxDepth);
     written++;
   }
-  if (keys.length < 31) w.buf[headerAt] = T_MAP | written;
+  if (written < 31) {
+    w.buf[headerAt] = T_MAP | written;
+    return;
+  }
+  const extra = varintSize(written);
+  w.ensure(extra);
+  w.buf.copyWithin(start + extra, start, w.pos);
+  const end = w.pos + extra;
+  w.pos = headerAt;
+  headerV1(w, T_MAP, written);
+  w.pos = end;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -326,9 +346,9 @@ function writeBigIntV0(w: ByteWriter, v: bigint): void {
 
 /** A varint byte length followed by the UTF-8 bytes (legacy strings and bare map keys). */
 function writeLengthPrefixedUtf8(w: ByteWriter, s: string): void {
-  const max = s.length * 3;
-  const reserved = varintSize(max);
-  w.ensure(reserved + max);
+  // As in writeStringV1: the length prefix is sized for ASCII and moves only when needed.
+  const reserved = varintSize(s.length);
+  w.ensure(reserved + 1 + s.length * 3); // + 1: the prefix grows by one byte at most
   const at = w.pos;
   const n = writeUtf8(w.buf, at + reserved, s);
   const used = varintSize(n);
@@ -366,10 +386,10 @@ function finishContainerV0(w: ByteWriter, lengthAt: number): void {
   w.pos = end;
 }
 
-function writeV0(w: ByteWriter, v: unknown, depth: number, state: EncodeState): void {
+function writeV0(w: ByteWriter, v: unknown, depth: number, maxDepth: number, lossy: boolean): void {
   switch (typeof v) {
     case 'number':
-      writeNumberV0(w, v, state.lossy);
+      writeNumberV0(w, v, lossy);
       return;
     case 'string':
       writeStringV0(w, v);
@@ -392,12 +412,13 @@ function writeV0(w: ByteWriter, v: unknown, depth: number, state: EncodeState): 
     w.u8(L_NULL);
     return;
   }
-  if (depth >= state.maxDepth) throw tooDeep(state.maxDepth);
+  // Depth as in writeV1.
   if (Array.isArray(v)) {
+    if (depth >= maxDepth) throw tooDeep(maxDepth);
     w.u8(L_ARRAY);
     const lengthAt = w.pos;
     w.u8(0);
-    for (let i = 0; i < v.length; i++) writeV0(w, v[i], depth + 1, state);
+    for (let i = 0; i < v.length; i++) writeV0(w, v[i], depth + 1, maxDepth, lossy);
     finishContainerV0(w, lengthAt);
     return;
   }
@@ -412,8 +433,9 @@ function writeV0(w: ByteWriter, v: unknown, depth: number, state: EncodeState): 
     w.bytes(bytes);
     return;
   }
+  if (depth >= maxDepth) throw tooDeep(maxDepth);
   if (hasToJSON(v) && !(v instanceof Map)) {
-    writeV0(w, v.toJSON(), depth, state);
+    writeV0(w, v.toJSON(), depth + 1, maxDepth, lossy);
     return;
   }
   w.u8(L_MAP);
@@ -423,15 +445,16 @@ function writeV0(w: ByteWriter, v: unknown, depth: number, state: EncodeState): 
     for (const [key, value] of v) {
       if (typeof key !== 'string') throw unsupported(key);
       writeLengthPrefixedUtf8(w, key);
-      writeV0(w, value, depth + 1, state);
+      writeV0(w, value, depth + 1, maxDepth, lossy);
     }
   } else {
     const obj = v as Record<string, unknown>;
-    for (const key of Object.keys(obj)) {
+    for (const key in obj) {
+      if (!hasOwn.call(obj, key)) continue; // as in writeObjectV1
       const value = obj[key];
       if (value === undefined) continue;
       writeLengthPrefixedUtf8(w, key);
-      writeV0(w, value, depth + 1, state);
+      writeV0(w, value, depth + 1, maxDepth, lossy);
     }
   }
   finishContainerV0(w, lengthAt);

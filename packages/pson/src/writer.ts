@@ -19,7 +19,9 @@ export class ByteWriter {
     let size = this.buf.length * 2;
     while (size < need) size *= 2;
     const next = new Uint8Array(size);
-    next.set(this.buf.subarray(0, this.pos));
+    // All of it, not just up to `pos`: callers write ahead of `pos` (a string before its
+    // length prefix) and then grow the buffer to write the prefix.
+    next.set(this.buf);
     this.buf = next;
     this.view = new DataView(next.buffer);
   }
