@@ -8,7 +8,7 @@
  *   node bench/dist/frames.bench.js [--json file]
  */
 import { writeFileSync } from 'node:fs';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import {
   type DecodedMessage,
   encodeMessage,
@@ -160,7 +160,7 @@ function main(): void {
 
   const cpu = cpus();
   console.log(
-    `# IOTMP frame benchmark\nmachine: ${cpu[0]?.model ?? 'unknown'}, ${cpu.length} cores, node ${process.version}\n`,
+    `# IOTMP frame benchmark\nmachine: ${cpu[0]?.model ?? 'unknown'}, ${cpu.length} cores, node ${process.version}, load average ${loadavg()[0]?.toFixed(2)} (other load skews the numbers)\n`,
   );
   const results = [
     benchDecode('decode STREAM_DATA sensor sample, chunks 1–4096 B', samples, 4096),

@@ -8,7 +8,7 @@
 import { type ChildProcess, fork } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import * as net from 'node:net';
-import { cpus } from 'node:os';
+import { cpus, loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { Session } from '@iotmp/protocol';
 import { SocketTransport } from '@iotmp/protocol/node';
