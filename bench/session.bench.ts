@@ -107,7 +107,7 @@ async function main(): Promise<void> {
   const jsonFile = jsonAt > 0 ? process.argv[jsonAt + 1] : undefined;
   const cpu = cpus();
   console.log(
-    `# IOTMP session benchmark\nmachine: ${cpu[0]?.model ?? 'unknown'}, ${cpu.length} cores, node ${process.version}`,
+    `# IOTMP session benchmark\nmachine: ${cpu[0]?.model ?? 'unknown'}, ${cpu.length} cores, node ${process.version}, load average ${loadavg()[0]?.toFixed(2)}`,
   );
   console.log('server: session engine in this process; device: SDK in a child process; TCP loopback\n');
 
