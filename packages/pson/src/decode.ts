@@ -194,12 +194,12 @@ function readFloat64(at: number): number {
 // Short strings (map keys above all) repeat from message to message, and building a string
 // from bytes costs far more than comparing a few bytes (a fresh key also costs the property
 // store that follows a string-table lookup). So recent strings of up to 32 bytes are kept in
-// a fixed-size cache, 2 ways per set so that two strings that hash alike do not evict each
-// other on every message. An entry is summarised by its length and three 4-byte words (the
-// first, the middle one above 8 bytes, the last), which together cover every byte of a
-// string of up to 12 bytes; longer entries also keep their bytes to compare the rest. A hit
-// is always an exact match, and only strings decoded without loss are cached, so a hit
-// returns exactly what decoding would.
+// a fixed-size cache (4096 entries, a few hundred KiB at most), 2 ways per set so that two
+// strings that hash alike do not evict each other on every message. An entry is summarised
+// by its length and up to three 4-byte words (the first, the last and, above 8 bytes, a
+// middle one), which together cover every byte of a string of up to 12 bytes; longer entries
+// also keep their bytes to compare the rest. A hit is always an exact match, and only
+// strings decoded without loss are cached, so a hit returns exactly what decoding would.
 const MAX_CACHED = 32;
 const SET_BITS = 11;
 const WAYS = 2 << SET_BITS;
