@@ -290,6 +290,7 @@ export async function startServer(
       for (const s of deviceServers) s.close();
       hub.closeAll();
       await Promise.race([app.close(), new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
+      accounts.flushConnections();
       db.close();
       log.info('stopped');
     })();

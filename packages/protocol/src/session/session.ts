@@ -231,7 +231,8 @@ export class Session {
   private readonly clock: Clock;
   private readonly options: SessionOptions;
   private readonly decoder: FrameDecoder;
-  private readonly out = new ByteWriter(4096);
+  /** Starts small: thousands of idle sessions each hold one (it grows on demand). */
+  private readonly out = new ByteWriter(256);
   private encodeOptions: EncodeMessageOptions;
   private _version: ProtocolVersion;
   private _state: SessionState = 'idle';
@@ -640,8 +641,11 @@ export class Session {
     if (this.out.pos === 0 || this._state === 'closed') return;
     const bytes = this.out.copyFrom(0);
     this.out.pos = 0;
-    if (this.out.buf.length > 1 << 20) this.out.buf = new Uint8Array(4096);
-    this.out.view = new DataView(this.out.buf.buffer);
+    if (this.out.buf.length > 1 << 16) {
+      // Do not keep a large buffer alive after a burst.
+      this.out.buf = new Uint8Array(256);
+      this.out.view = new DataView(this.out.buf.buffer);
+    }
     this.stats.txBytes += bytes.length;
     this.transport.write(bytes);
   }

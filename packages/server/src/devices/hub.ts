@@ -177,8 +177,8 @@ export class DeviceHub {
     // cannot lock a device out by failing its logins.
     const ipKey = `ip:${ip ?? 'unknown'}`;
     const deviceKey = `device:${id}@${ip ?? 'unknown'}`;
-    if (!this.throttle.begin(ipKey)) return this.throttled(info, ip);
-    if (!this.throttle.begin(deviceKey)) {
+    if (!this.throttle.begin(ipKey, false)) return this.throttled(info, ip);
+    if (!this.throttle.begin(deviceKey, true)) {
       this.throttle.end(ipKey);
       return this.throttled(info, ip);
     }

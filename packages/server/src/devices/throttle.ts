@@ -32,14 +32,20 @@ export class LoginThrottle {
     return e;
   }
 
-  isBlocked(key: string, now = Date.now()): boolean {
+  /**
+   * Blocked after too many failures; with `countInFlight`, checks still running count as
+   * failures too (per device: a concurrent burst of guesses cannot pass the limit). Per
+   * address they do not, so a fleet behind one NAT address may log in all at once.
+   */
+  isBlocked(key: string, now = Date.now(), countInFlight = false): boolean {
     const e = this.entries.get(key);
-    return e !== undefined && (e.blockedUntil > now || e.failures + e.inFlight >= this.maxFailures);
+    if (e === undefined) return false;
+    return e.blockedUntil > now || e.failures + (countInFlight ? e.inFlight : 0) >= this.maxFailures;
   }
 
   /** Starts a credential check: false (and nothing started) when the key is blocked. */
-  begin(key: string, now = Date.now()): boolean {
-    if (this.isBlocked(key, now)) return false;
+  begin(key: string, countInFlight: boolean, now = Date.now()): boolean {
+    if (this.isBlocked(key, now, countInFlight)) return false;
     this.entry(key, now).inFlight++;
     return true;
   }

@@ -207,9 +207,33 @@ export class AccountStore {
     return this.st.deleteDevice.run(username, device).changes > 0;
   }
 
+  /**
+   * Notes a device's last login. Written in batches (one transaction every 250 ms): with
+   * durable commits, one fsync per login would cap a reconnect storm at the disk's pace.
+   * Losing the last 250 ms of these timestamps in a crash is harmless.
+   */
   recordConnection(username: string, device: string, ts: number, ip: string | null): void {
-    this.st.recordConnection.run(ts, ip, username, device);
+    this.pendingConnections.set(`${username}\u0000${device}`, { username, device, ts, ip });
+    this.connectionFlush ??= setTimeout(() => this.flushConnections(), 250).unref();
   }
+
+  /** Writes the batched connection records now (also called at shutdown). */
+  flushConnections(): void {
+    if (this.connectionFlush) clearTimeout(this.connectionFlush);
+    this.connectionFlush = undefined;
+    if (this.pendingConnections.size === 0) return;
+    const batch = [...this.pendingConnections.values()];
+    this.pendingConnections.clear();
+    this.db.transaction(() => {
+      for (const c of batch) this.st.recordConnection.run(c.ts, c.ip, c.username, c.device);
+    })();
+  }
+
+  private readonly pendingConnections = new Map<
+    string,
+    { username: string; device: string; ts: number; ip: string | null }
+  >();
+  private connectionFlush: NodeJS.Timeout | undefined;
 
   // --- access tokens
 
