@@ -192,6 +192,17 @@ export class FrameDecoder {
       throw new RangeError(`maxFrameSize must be a non-negative integer, got ${String(maxFrameSize)}`);
     }
     this.maxFrameSize = maxFrameSize;
+    if (
+      options?.maxDepth === undefined &&
+      options?.strict === undefined &&
+      options?.invalidUtf8 === undefined &&
+      options?.maps === undefined
+    ) {
+      // The common case shares two module-level objects instead of two per connection.
+      this.psonV1 = psonV1Defaults;
+      this.psonV0 = psonV0Defaults;
+      return;
+    }
     const pson = {
       maxDepth: options?.maxDepth,
       strict: options?.strict,
