@@ -83,17 +83,7 @@ function writeFramed(
       { fatal: false, messageType: type },
     );
   }
-  if (size < 0x80) {
-    w.buf[sizeAt] = size;
-    return;
-  }
-  const extra = varintSize(size) - 1;
-  w.ensure(extra);
-  w.buf.copyWithin(bodyStart + extra, bodyStart, w.pos);
-  const end = w.pos + extra;
-  w.pos = sizeAt;
-  w.varint(size);
-  w.pos = end;
+  w.patchLength(sizeAt);
 }
 
 /** A field value by the references' rule: unsigned 32-bit integers as varints, the rest as PSON. */

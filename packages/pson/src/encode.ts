@@ -366,25 +366,8 @@ function writeStringV0(w: ByteWriter, s: string): void {
   writeLengthPrefixedUtf8(w, s);
 }
 
-/**
- * Legacy containers are prefixed with the byte length of their contents. Reserve one byte
- * (most containers are shorter than 128 bytes) and shift the contents when it needs more.
- */
-function finishContainerV0(w: ByteWriter, lengthAt: number): void {
-  const start = lengthAt + 1;
-  const n = w.pos - start;
-  if (n < 0x80) {
-    w.buf[lengthAt] = n;
-    return;
-  }
-  const extra = varintSize(n) - 1;
-  w.ensure(extra);
-  w.buf.copyWithin(start + extra, start, w.pos);
-  const end = w.pos + extra;
-  w.pos = lengthAt;
-  w.varint(n);
-  w.pos = end;
-}
+// Legacy containers are prefixed with the byte length of their contents: one byte is
+// reserved (most are shorter than 128 bytes) and ByteWriter.patchLength fills it in.
 
 function writeV0(w: ByteWriter, v: unknown, depth: number, maxDepth: number, lossy: boolean): void {
   switch (typeof v) {
@@ -419,7 +402,7 @@ function writeV0(w: ByteWriter, v: unknown, depth: number, maxDepth: number, los
     const lengthAt = w.pos;
     w.u8(0);
     for (let i = 0; i < v.length; i++) writeV0(w, v[i], depth + 1, maxDepth, lossy);
-    finishContainerV0(w, lengthAt);
+    w.patchLength(lengthAt);
     return;
   }
   const bytes = asBytes(v);
@@ -457,5 +440,5 @@ function writeV0(w: ByteWriter, v: unknown, depth: number, maxDepth: number, los
       writeV0(w, value, depth + 1, maxDepth, lossy);
     }
   }
-  finishContainerV0(w, lengthAt);
+  w.patchLength(lengthAt);
 }

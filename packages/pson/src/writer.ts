@@ -76,6 +76,26 @@ export class ByteWriter {
     this.pos += b.length;
   }
 
+  /**
+   * Fills in a length prefix reserved as one byte at `lengthAt`: the varint of the number of
+   * bytes written after it. Most lengths fit the byte; a longer one shifts the contents.
+   */
+  patchLength(lengthAt: number): void {
+    const start = lengthAt + 1;
+    const n = this.pos - start;
+    if (n < 0x80) {
+      this.buf[lengthAt] = n;
+      return;
+    }
+    const extra = varintSize(n) - 1;
+    this.ensure(extra);
+    this.buf.copyWithin(start + extra, start, this.pos);
+    const end = this.pos + extra;
+    this.pos = lengthAt;
+    this.varint(n);
+    this.pos = end;
+  }
+
   /** A copy of everything written since `start`. */
   copyFrom(start: number): Uint8Array {
     return this.buf.slice(start, this.pos);
