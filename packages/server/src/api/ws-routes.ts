@@ -9,7 +9,7 @@ import {
   StreamNotOpenError,
   type StreamSubscription,
 } from '../streams/shared-streams.js';
-import { type AppContext, ID_PATTERN, userParams } from './context.js';
+import { type AppContext, deviceParams, ID_PATTERN, userParams } from './context.js';
 import { errorBody, errorSchema, HttpError } from './errors.js';
 import { jsonToPson, psonToJson } from './json.js';
 
@@ -341,14 +341,7 @@ export function registerWsRoutes(
     exposeHeadRoute: false,
     schema: {
       hide: true,
-      params: {
-        type: 'object',
-        properties: {
-          user: { type: 'string', pattern: ID_PATTERN },
-          device: { type: 'string', pattern: ID_PATTERN },
-        },
-        required: ['user', 'device'],
-      },
+      params: deviceParams,
       querystring: {
         type: 'object',
         properties: { authorization: { type: 'string' } },
