@@ -30,6 +30,7 @@ import { DeviceHub } from './devices/hub.js';
 import { Metrics } from './metrics.js';
 import { AccountStore } from './storage/accounts.js';
 import { type Db, openDatabase } from './storage/database.js';
+import { SharedStreams } from './streams/shared-streams.js';
 import { loadOrCreateTls } from './tls.js';
 
 export const VERSION = '0.1.0';
@@ -92,7 +93,13 @@ export async function startServer(
     session: { connectTimeoutMs: config.connectTimeoutMs, maxFrameSize: config.maxFrameSize },
   });
   const metrics = new Metrics(hub);
-  const ctx: AppContext = { config, accounts, tokens, hub, metrics };
+  // One device stream per device resource, shared by WebSocket subscribers and device-sourced buckets.
+  const streams = new SharedStreams({
+    source: hub,
+    openTimeoutMs: config.deviceCallTimeoutMs,
+    onWarning: (message, details) => log.debug({ component: 'streams', ...details }, message),
+  });
+  const ctx: AppContext = { config, accounts, tokens, hub, metrics, streams };
 
   // --- HTTP API
   const app = Fastify({
@@ -288,6 +295,7 @@ export async function startServer(
     closing ??= (async () => {
       log.info('shutting down');
       for (const s of deviceServers) s.close();
+      streams.close();
       hub.closeAll();
       await Promise.race([app.close(), new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
       accounts.flushConnections();

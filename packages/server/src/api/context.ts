@@ -4,6 +4,7 @@ import type { ServerConfig } from '../config.js';
 import type { DeviceHub } from '../devices/hub.js';
 import type { Metrics } from '../metrics.js';
 import type { AccountStore } from '../storage/accounts.js';
+import type { SharedStreams } from '../streams/shared-streams.js';
 
 export interface AppContext {
   config: ServerConfig;
@@ -11,6 +12,8 @@ export interface AppContext {
   tokens: TokenService;
   hub: DeviceHub;
   metrics: Metrics;
+  /** Shared device streams (WebSocket subscribers, device-sourced buckets). */
+  streams: SharedStreams;
 }
 
 declare module 'fastify' {

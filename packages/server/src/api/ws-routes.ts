@@ -196,14 +196,7 @@ export function registerWsRoutes(
   ctx: AppContext,
   options?: WsRoutesOptions,
 ): { streams: SharedStreams } {
-  const streams =
-    options?.streams ??
-    new SharedStreams({
-      source: ctx.hub,
-      openTimeoutMs: ctx.config.deviceCallTimeoutMs,
-      onWarning: (message, details) => app.log.debug(details ?? {}, message),
-    });
-  if (!options?.streams) app.addHook('onClose', async () => streams.close());
+  const streams = options?.streams ?? ctx.streams;
   const maxBuffered = options?.maxBufferedBytes ?? 1 << 20;
   const maxFrameBytes = ctx.config.maxFrameSize;
   const sender = (socket: FrameSink) =>
