@@ -4,7 +4,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { AuthFailure, authorize, type Principal } from '../auth/tokens.js';
 import type { DeviceStateChange } from '../devices/hub.js';
 import {
-  SharedStreams,
+  type SharedStreams,
   type StreamFailure,
   StreamNotOpenError,
   type StreamSubscription,
