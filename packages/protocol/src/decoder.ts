@@ -168,13 +168,16 @@ function badFieldVarint(result: number, type: number, msg: DecodedMessage, offse
  * has passed the size limit. Fatal stream errors (oversized or unreadable header, type 0)
  * are thrown from {@link push}; after one, the decoder refuses further input.
  */
+/** Longest frame header: two 5-byte varints. */
+const HEADER_MAX = 10;
+
 export class FrameDecoder {
   private readonly handler: FrameHandler;
   private readonly maxFrameSize: number;
   private readonly psonV1: DecodeOptions;
   private readonly psonV0: DecodeOptions;
-  /** Bytes of a header split across chunks (at most 10: two 5-byte varints). */
-  private readonly header = new Uint8Array(10);
+  /** Bytes of a header split across chunks (at most 10: two 5-byte varints); allocated when needed. */
+  private header: Uint8Array | null = null;
   private headerLength = 0;
   /** Body of a frame split across chunks, and how much of it has arrived. */
   private body: Uint8Array | null = null;
@@ -274,6 +277,7 @@ export class FrameDecoder {
         cursor = p;
         bodyStart = this.parseHeader(chunk, n);
         if (bodyStart < 0) {
+          this.header ??= new Uint8Array(HEADER_MAX);
           this.header.set(chunk.subarray(p, n));
           this.headerLength = n - p;
           return;
@@ -352,14 +356,15 @@ export class FrameDecoder {
   /** Completes a header held from earlier chunks; returns the offset in `chunk` after it, or -1. */
   private continueHeader(chunk: Uint8Array, p: number): number {
     const held = this.headerLength;
-    const take = Math.min(chunk.length - p, this.header.length - held);
+    const header = this.header as Uint8Array;
+    const take = Math.min(chunk.length - p, HEADER_MAX - held);
     const joined = new Uint8Array(held + take);
-    joined.set(this.header.subarray(0, held));
+    joined.set(header.subarray(0, held));
     joined.set(chunk.subarray(p, p + take), held);
     cursor = 0;
     const bodyStart = this.parseHeader(joined, joined.length);
     if (bodyStart < 0) {
-      this.header.set(joined);
+      header.set(joined);
       this.headerLength = joined.length;
       return -1;
     }

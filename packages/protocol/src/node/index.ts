@@ -16,6 +16,23 @@ export const WEBSOCKET_PATH = '/iotmp';
 export const WEBSOCKET_PROTOCOL = 'iotmp';
 
 /** A TCP or TLS socket as a transport. */
+const TRANSPORT = Symbol('iotmp.transport');
+type SocketWithTransport = net.Socket & { [TRANSPORT]?: SocketTransport };
+
+function onSocketData(this: SocketWithTransport, chunk: Buffer): void {
+  this[TRANSPORT]?.handler?.onData(chunk);
+}
+function onSocketError(this: SocketWithTransport, err: Error): void {
+  const t = this[TRANSPORT];
+  if (t) t.lastError = err;
+}
+function onSocketClose(this: SocketWithTransport): void {
+  const t = this[TRANSPORT];
+  if (!t || t.closed) return;
+  t.closed = true;
+  t.handler?.onClose(t.lastError);
+}
+
 export class SocketTransport implements Transport {
   readonly socket: net.Socket;
   readonly remoteAddress: string | undefined;
@@ -32,18 +49,20 @@ export class SocketTransport implements Transport {
   }
 
   attach(handler: TransportHandler): void {
-    let closed = false;
-    let lastError: Error | undefined;
-    this.socket.on('data', (chunk: Buffer) => handler.onData(chunk));
-    this.socket.on('error', (err) => {
-      lastError = err;
-    });
-    this.socket.on('close', () => {
-      if (closed) return;
-      closed = true;
-      handler.onClose(lastError);
-    });
+    this.handler = handler;
+    // Shared listeners that find the transport on the socket: no closures per connection.
+    (this.socket as SocketWithTransport)[TRANSPORT] = this;
+    this.socket.on('data', onSocketData);
+    this.socket.on('error', onSocketError);
+    this.socket.on('close', onSocketClose);
   }
+
+  /** @internal */
+  handler: TransportHandler | undefined;
+  /** @internal The last socket error, reported with the close. */
+  lastError: Error | undefined;
+  /** @internal */
+  closed = false;
 
   write(bytes: Uint8Array): void {
     if (!this.socket.destroyed && this.socket.writable) this.socket.write(bytes);

@@ -19,6 +19,7 @@ import {
   SessionErrorCode,
   TimeoutError,
 } from './errors.js';
+import { idleWatchFor } from './idle-watch.js';
 import {
   type RegisteredResource,
   type ResourceCall,
@@ -217,6 +218,38 @@ function errorPayload(err: unknown): { error: string } {
 }
 
 /**
+ * A map that is always empty: what a session reads until it first stores something in one
+ * of its maps. An idle device connection thus holds no map tables (about 1 KB saved each).
+ */
+class EmptyMap<K, V> extends Map<K, V> {
+  override set(): this {
+    throw new Error('EmptyMap is read-only');
+  }
+}
+const EMPTY: Map<never, never> = new EmptyMap<never, never>();
+function emptyMap<K, V>(): Map<K, V> {
+  return EMPTY as Map<K, V>;
+}
+
+/**
+ * Output buffers are lent to sessions while they have frames to send and returned after the
+ * flush: thousands of idle sessions hold none.
+ */
+const writerPool: ByteWriter[] = [];
+const WRITER_POOL_MAX = 64;
+const WRITER_SIZE = 256;
+
+/** Sessions with frames queued; all of them are written in one microtask per turn. */
+let dirtySessions: Session[] = [];
+let flushQueued = false;
+function flushDirtySessions(): void {
+  flushQueued = false;
+  const batch = dirtySessions;
+  dirtySessions = [];
+  for (let i = 0; i < batch.length; i++) (batch[i] as Session).flushQueued();
+}
+
+/**
  * One IOTMP connection, either side. It owns stream ids, pending calls, the resources it
  * serves and the streams in both directions, keep-alive and the outgoing buffer; it knows
  * nothing of sockets (a {@link Transport} moves the bytes) or of HTTP.
@@ -226,34 +259,34 @@ function errorPayload(err: unknown): { error: string } {
  */
 export class Session {
   readonly role: SessionRole;
-  readonly resources: ResourceRegistry;
   private readonly transport: Transport;
   private readonly clock: Clock;
   private readonly options: SessionOptions;
   private readonly decoder: FrameDecoder;
-  /** Starts small: thousands of idle sessions each hold one (it grows on demand). */
-  private readonly out = new ByteWriter(256);
+  /** Frames waiting for this turn's flush; a pooled buffer, held only while there are any. */
+  private out: ByteWriter | undefined;
   private encodeOptions: EncodeMessageOptions;
   private _version: ProtocolVersion;
   private _state: SessionState = 'idle';
   private flushScheduled = false;
-  private readonly flushNow = () => this.flush();
+  private _resources: ResourceRegistry | undefined;
 
-  private readonly pending = new Map<number, PendingRequest>();
-  private readonly served = new Map<number, ServedStream>();
-  private readonly subscriptions = new Map<number, ServedSubscription>();
-  private readonly opened = new Map<number, OpenedStream>();
+  // Created on first use (see EmptyMap).
+  private pending: Map<number, PendingRequest> = emptyMap();
+  private served: Map<number, ServedStream> = emptyMap();
+  private subscriptions: Map<number, ServedSubscription> = emptyMap();
+  private opened: Map<number, OpenedStream> = emptyMap();
   private nextId = 1 + Math.floor(Math.random() * MAX_STREAM_ID);
 
   private keepAliveSeconds: number;
   private lastReceived = 0;
-  private idleTimer: TimerHandle | undefined;
-  private keepAliveTimer: TimerHandle | undefined;
+  /** Client: when the next KEEP_ALIVE is due (checked by the clock's IdleWatch). */
+  private nextKeepAliveAt = 0;
   private connectTimer: TimerHandle | undefined;
   private invalidFrames = 0;
   private closeError: SessionError | undefined;
   /** Last input each resource received, for DESCRIBE samples. */
-  private readonly lastInput = new Map<string, PsonValue>();
+  private lastInput: Map<string, PsonValue> = emptyMap();
 
   /** Traffic counters. */
   readonly stats = { rxBytes: 0, txBytes: 0, rxMessages: 0, txMessages: 0 };
@@ -265,20 +298,21 @@ export class Session {
     this.role = options.role;
     this.transport = options.transport;
     this.clock = options.clock ?? systemClock;
-    this.resources = options.resources ?? new ResourceRegistry();
+    this._resources = options.resources;
     this._version = options.version ?? 1;
     this.keepAliveSeconds = options.keepAliveSeconds ?? DEFAULTS.keepAliveSeconds;
     this.encodeOptions = {
       version: this._version,
       maxFrameSize: options.maxSendFrameSize ?? DEFAULT_MAX_FRAME_SIZE,
     };
-    this.decoder = new FrameDecoder(
-      {
-        onMessage: (msg) => this.dispatch(msg),
-        onInvalidFrame: (err) => this.onInvalidFrame(err),
-      },
-      { maxFrameSize: options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE },
-    );
+    // The session is the decoder's handler (onMessage, onInvalidFrame): no closures per connection.
+    this.decoder = new FrameDecoder(this, { maxFrameSize: options.maxFrameSize ?? DEFAULT_MAX_FRAME_SIZE });
+  }
+
+  /** The resources this side exposes (created on first use: servers rarely have any). */
+  get resources(): ResourceRegistry {
+    this._resources ??= new ResourceRegistry();
+    return this._resources;
   }
 
   get state(): SessionState {
@@ -296,7 +330,7 @@ export class Session {
 
   /** Bytes queued for sending and not yet taken by the network: watch it to pace bulk streaming. */
   get bufferedAmount(): number {
-    return this.out.pos + this.transport.bufferedAmount;
+    return (this.out?.pos ?? 0) + this.transport.bufferedAmount;
   }
 
   get pendingRequests(): number {
@@ -312,10 +346,8 @@ export class Session {
     if (this._state !== 'idle') return;
     this._state = 'connecting';
     this.lastReceived = this.clock.now();
-    this.transport.attach({
-      onData: (chunk) => this.onData(chunk),
-      onClose: (error) => this.onTransportClose(error),
-    });
+    // The session is the transport's handler too (onData, onClose).
+    this.transport.attach(this);
     if (this.role === 'server') {
       this.connectTimer = this.clock.setTimeout(() => {
         this.connectTimer = undefined;
@@ -364,8 +396,8 @@ export class Session {
   private becomeOpen(): void {
     if (this._state === 'closed') return;
     this._state = 'open';
-    this.armIdleTimer();
-    if (this.role === 'client') this.armKeepAlive();
+    this.nextKeepAliveAt = this.clock.now() + this.keepAliveSeconds * 1000;
+    idleWatchFor(this.clock).add(this);
     this.options.onOpen?.();
   }
 
@@ -418,6 +450,7 @@ export class Session {
         };
         signal.addEventListener('abort', entry.onAbort, { once: true });
       }
+      if (this.pending === EMPTY) this.pending = new Map();
       this.pending.set(id, entry);
       onId?.(id);
       try {
@@ -523,6 +556,7 @@ export class Session {
       // Registered before START_STREAM leaves: data may follow the OK in the same read.
       reply = await this.requestWithId(msg, options, (id) => {
         entry = { id, handlers, handle: new RemoteStreamImpl(this, id, resource) };
+        if (this.opened === EMPTY) this.opened = new Map();
         this.opened.set(id, entry);
       });
     } catch (err) {
@@ -617,18 +651,27 @@ export class Session {
   private send(msg: Message): void {
     if (this._state === 'closed') return;
     // Legacy sessions write fields in the legacy client's order: byte-identical frames.
+    let out = this.out;
+    if (out === undefined) {
+      out = writerPool.pop() ?? new ByteWriter(WRITER_SIZE);
+      this.out = out;
+    }
     writeMessage(
-      this.out,
+      out,
       msg,
       this._version === 0 ? { ...this.encodeOptions, fieldOrder: legacyFieldOrder(msg) } : this.encodeOptions,
     );
     this.stats.txMessages++;
     if (!this.flushScheduled) {
       this.flushScheduled = true;
-      queueMicrotask(this.flushNow);
+      dirtySessions.push(this);
+      if (!flushQueued) {
+        flushQueued = true;
+        queueMicrotask(flushDirtySessions);
+      }
     }
     const limit = this.options.maxOutgoingBytes ?? DEFAULTS.maxOutgoingBytes;
-    if (this.out.pos + this.transport.bufferedAmount > limit) {
+    if (out.pos + this.transport.bufferedAmount > limit) {
       this.fail(
         SessionErrorCode.SLOW_PEER,
         `peer is not reading: more than ${limit} bytes waiting to be sent`,
@@ -636,16 +679,21 @@ export class Session {
     }
   }
 
+  /** @internal The turn's flush (see flushDirtySessions). */
+  flushQueued(): void {
+    if (this.flushScheduled) this.flush();
+  }
+
   private flush(): void {
     this.flushScheduled = false;
-    if (this.out.pos === 0 || this._state === 'closed') return;
-    const bytes = this.out.copyFrom(0);
-    this.out.pos = 0;
-    if (this.out.buf.length > 1 << 16) {
-      // Do not keep a large buffer alive after a burst.
-      this.out.buf = new Uint8Array(256);
-      this.out.view = new DataView(this.out.buf.buffer);
-    }
+    const out = this.out;
+    if (out === undefined) return;
+    this.out = undefined;
+    const bytes = out.pos > 0 && this._state !== 'closed' ? out.copyFrom(0) : undefined;
+    out.pos = 0;
+    // Back to the pool, unless a burst grew it (do not keep a large buffer alive).
+    if (out.buf.length <= WRITER_SIZE * 16 && writerPool.length < WRITER_POOL_MAX) writerPool.push(out);
+    if (bytes === undefined) return;
     this.stats.txBytes += bytes.length;
     this.transport.write(bytes);
   }
@@ -708,7 +756,8 @@ export class Session {
   // ---------------------------------------------------------------------------------------
   // Receiving
 
-  private onData(chunk: Uint8Array): void {
+  /** @internal Transport handler: bytes received. */
+  onData(chunk: Uint8Array): void {
     if (this._state === 'closed') return;
     this.stats.rxBytes += chunk.length;
     this.lastReceived = this.clock.now();
@@ -723,7 +772,8 @@ export class Session {
     }
   }
 
-  private onInvalidFrame(err: FrameError): void {
+  /** @internal Frame decoder handler: a frame that could not be read was skipped. */
+  onInvalidFrame(err: FrameError): void {
     this.warn('malformed frame skipped', {
       code: err.code,
       type: err.messageType,
@@ -743,7 +793,8 @@ export class Session {
     }
   }
 
-  private dispatch(msg: DecodedMessage): void {
+  /** @internal Frame decoder handler: one decoded message. */
+  onMessage(msg: DecodedMessage): void {
     if (this._state === 'closed') return;
     this.stats.rxMessages++;
     if (this.role === 'server' && this._state !== 'open') {
@@ -871,8 +922,7 @@ export class Session {
       parameters: params,
       remoteAddress: this.transport.remoteAddress,
     };
-    const authenticate = this.options.authenticate;
-    if (!authenticate) {
+    if (!this.options.authenticate) {
       refuse(undefined, 'no authenticator configured');
       return;
     }
@@ -892,7 +942,7 @@ export class Session {
       }
     };
     try {
-      const result = authenticate(info);
+      const result = this.options.authenticate(info);
       if (isPromise(result)) {
         result.then(decide, (err: unknown) => {
           this.warn('authenticator failed', { error: String(err) });
@@ -942,13 +992,12 @@ export class Session {
   }
 
   private serveServerCall(sid: number, call: ServerCall): void {
-    const handler = this.options.onServerCall as NonNullable<SessionOptions['onServerCall']>;
     const onError = (err: unknown) => {
       const code = err instanceof ResourceError ? err.code : undefined;
       this.reply(MessageType.ERROR, sid, errorPayload(err), code);
     };
     try {
-      const result = handler(call);
+      const result = (this.options as Required<Pick<SessionOptions, 'onServerCall'>>).onServerCall(call);
       if (isPromise(result)) {
         result.then((payload) => this.reply(MessageType.OK, sid, payload), onError);
       } else {
@@ -987,7 +1036,10 @@ export class Session {
   /** Calls a resource's handlers; returns the output (or a promise of it). */
   private invoke(resource: RegisteredResource, input: PsonValue | undefined, call: ResourceCall): unknown {
     const def = resource.definition;
-    if (input !== undefined && def.input !== undefined) this.lastInput.set(resource.pattern, input);
+    if (input !== undefined && def.input !== undefined) {
+      if (this.lastInput === EMPTY) this.lastInput = new Map();
+      this.lastInput.set(resource.pattern, input);
+    }
     if (def.run) return def.run(call);
     if (typeof def.input === 'function') {
       const inputDone = def.input(input, call);
@@ -1086,6 +1138,7 @@ export class Session {
     }
     const intervalMs = streamInterval(msg.parameters);
     const stream: ServedStream = { id: sid, match, intervalMs, timer: undefined, parameters: msg.parameters };
+    if (this.served === EMPTY) this.served = new Map();
     this.served.set(sid, stream);
     this.reply(MessageType.OK, sid);
     if (match.resource.definition.streamEcho !== false) void this.pushOutput(stream);
@@ -1154,6 +1207,7 @@ export class Session {
       return;
     }
     const entry: ServedSubscription = { id: sid, handlers: undefined, closed: false };
+    if (this.subscriptions === EMPTY) this.subscriptions = new Map();
     this.subscriptions.set(sid, entry);
     const subscription: InboundSubscription = {
       streamId: sid,
@@ -1289,6 +1343,7 @@ export class Session {
         onAbort: undefined,
         what: 'STOP_STREAM',
       };
+      if (this.pending === EMPTY) this.pending = new Map();
       this.pending.set(id, pendingEntry);
       this.send({ type: MessageType.STOP_STREAM, streamId: id });
     });
@@ -1301,31 +1356,18 @@ export class Session {
     return this.keepAliveSeconds * 1150 + (this.options.keepAliveMarginMs ?? DEFAULTS.keepAliveMarginMs);
   }
 
-  /** One timer per session, re-armed only when it fires (not per message). */
-  private armIdleTimer(): void {
+  /** @internal Keep-alive deadlines, about once a second (IdleWatch). */
+  idleTick(now: number): void {
+    if (this._state !== 'open') return;
     const limit = this.idleLimitMs();
-    const due = this.lastReceived + limit - this.clock.now();
-    this.idleTimer = this.clock.setTimeout(
-      () => {
-        this.idleTimer = undefined;
-        if (this._state === 'closed') return;
-        if (this.clock.now() - this.lastReceived >= limit) {
-          this.fail(SessionErrorCode.KEEPALIVE_TIMEOUT, `nothing received for ${Math.round(limit / 1000)} s`);
-        } else {
-          this.armIdleTimer();
-        }
-      },
-      Math.max(due, 1),
-    );
-  }
-
-  private armKeepAlive(): void {
-    this.keepAliveTimer = this.clock.setTimeout(() => {
-      this.keepAliveTimer = undefined;
-      if (this._state !== 'open') return;
+    if (now - this.lastReceived >= limit) {
+      this.fail(SessionErrorCode.KEEPALIVE_TIMEOUT, `nothing received for ${Math.round(limit / 1000)} s`);
+      return;
+    }
+    if (this.role === 'client' && now >= this.nextKeepAliveAt) {
+      this.nextKeepAliveAt = now + this.keepAliveSeconds * 1000;
       this.send({ type: MessageType.KEEP_ALIVE });
-      this.armKeepAlive();
-    }, this.keepAliveSeconds * 1000);
+    }
   }
 
   private fail(code: SessionErrorCode, message: string, cause?: unknown): void {
@@ -1343,7 +1385,8 @@ export class Session {
     this.closeWith(error);
   }
 
-  private onTransportClose(error?: Error): void {
+  /** @internal Transport handler: the connection is gone. */
+  onClose(error?: Error): void {
     if (this._state === 'closed') return;
     this.closeWith(
       new ClosedError(error ? `connection lost: ${error.message}` : 'connection closed by peer', error),
@@ -1356,9 +1399,8 @@ export class Session {
     this.flush();
     this._state = 'closed';
     this.closeError = error;
-    for (const t of [this.idleTimer, this.keepAliveTimer, this.connectTimer]) {
-      if (t !== undefined) this.clock.clearTimeout(t);
-    }
+    idleWatchFor(this.clock).delete(this);
+    if (this.connectTimer !== undefined) this.clock.clearTimeout(this.connectTimer);
     const closed = new ClosedError(error ? `session closed: ${error.message}` : 'session closed', error);
     for (const id of [...this.pending.keys()]) this.settle(id)?.reject(closed);
     for (const s of this.served.values()) if (s.timer !== undefined) this.clock.clearTimeout(s.timer);

@@ -1,6 +1,8 @@
 import {
   ConnectError,
   type ConnectInfo,
+  type InboundSubscription,
+  type ServerCall,
   Session,
   type SessionError,
   type SessionOptions,
@@ -39,8 +41,10 @@ export interface DeviceHubOptions {
   log: HubLogger;
   /** Extra session options: limits, keep-alive, clock, server resources. */
   session?: Partial<SessionOptions>;
-  /** Called with every live device's server resource calls and subscriptions. */
-  serverResources?: (device: LiveDevice) => Pick<SessionOptions, 'onServerCall' | 'onSubscribe'>;
+  /** Called with every live device's server resource calls and subscriptions; `onClose` when its session ends. */
+  serverResources?: (
+    device: LiveDevice,
+  ) => Pick<SessionOptions, 'onServerCall' | 'onSubscribe'> & { onClose?: () => void };
   throttle?: LoginThrottle;
   verifierCache?: VerifierCache;
 }
@@ -74,9 +78,20 @@ export class DeviceHub {
   /** Traffic of sessions that have ended; live ones are added when read. */
   private readonly endedTraffic = { rxBytes: 0, txBytes: 0, rxMessages: 0, txMessages: 0 };
 
+  /** Per-connection session options; the hub's shared limits live on its prototype. */
+  private readonly Connection: new (
+    hub: DeviceHub,
+    transport: Transport,
+  ) => DeviceConnection;
+
   constructor(private readonly options: DeviceHubOptions) {
     this.throttle = options.throttle ?? new LoginThrottle();
     this.cache = options.verifierCache ?? new VerifierCache();
+    // A subclass per hub whose prototype carries the shared session options (limits, clock):
+    // each connection then holds only its own few fields, not a copy of every option.
+    const Connection = class extends DeviceConnection {};
+    Object.assign(Connection.prototype, options.session ?? {});
+    this.Connection = Connection;
   }
 
   get size(): number {
@@ -130,48 +145,40 @@ export class DeviceHub {
       transport.destroy();
       return;
     }
-    let live: LiveDevice | undefined;
-    const session: Session = new Session({
-      role: 'server',
-      transport,
-      ...this.options.session,
-      authenticate: (info) =>
-        this.authenticate(info, session, (d) => {
-          live = d;
-        }),
-      // Registered only once the OK is out: nothing may reach the device before it (spec Appendix C).
-      onOpen: () => {
-        if (live) this.register(live);
-      },
-      onServerCall: (call) => {
-        const handler = live && this.options.serverResources?.(live).onServerCall;
-        if (!handler) throw new Error('server resources are not available');
-        return handler(call);
-      },
-      onSubscribe: (sub) => {
-        const handler = live && this.options.serverResources?.(live).onSubscribe;
-        if (!handler) throw new Error('server events are not available');
-        return handler(sub);
-      },
-      onWarning: (message, details) =>
-        this.options.log.debug({ ...details, remote: transport.remoteAddress }, message),
-      onClose: (error) => this.onSessionClose(session, live, error),
-    });
+    const connection = new this.Connection(this, transport);
+    const session = new Session(connection);
+    connection.session = session;
     this.pendingSessions.add(session);
     session.start();
   }
 
-  private async authenticate(
-    info: ConnectInfo,
-    session: Session,
-    setLive: (d: LiveDevice) => void,
-  ): Promise<boolean | number> {
+  /** @internal */
+  serverCall(live: LiveDevice | undefined, call: ServerCall) {
+    const handler = live && this.options.serverResources?.(live).onServerCall;
+    if (!handler) throw new Error('server resources are not available');
+    return handler(call);
+  }
+
+  /** @internal */
+  subscribe(live: LiveDevice | undefined, sub: InboundSubscription) {
+    const handler = live && this.options.serverResources?.(live).onSubscribe;
+    if (!handler) throw new Error('server events are not available');
+    return handler(sub);
+  }
+
+  /** @internal */
+  warnSession(transport: Transport, message: string, details: Record<string, unknown> | undefined): void {
+    this.options.log.debug({ ...details, remote: transport.remoteAddress }, message);
+  }
+
+  /** @internal */
+  async authenticate(info: ConnectInfo, connection: DeviceConnection): Promise<boolean | number> {
     const ip = hostOf(info.remoteAddress);
     const id = key(info.username, info.deviceId);
     const record = this.options.accounts.getDevice(info.username, info.deviceId);
     // A recently verified credential costs one HMAC, and proves the secret: no throttling.
     if (record?.enabled && this.cache.has(id, info.credential, record.credentialHash)) {
-      return this.accepted(info, session, setLive, ip);
+      return this.accepted(info, connection, ip);
     }
     // Throttled per source address, and per device from that address: a stranger elsewhere
     // cannot lock a device out by failing its logins.
@@ -207,7 +214,7 @@ export class DeviceHub {
     // Re-check after the await: the device may have been disabled, deleted or re-keyed meanwhile.
     const current = this.options.accounts.getDevice(info.username, info.deviceId);
     if (!current?.enabled || current.credentialHash !== record?.credentialHash) return false;
-    return this.accepted(info, session, setLive, ip);
+    return this.accepted(info, connection, ip);
   }
 
   private throttled(info: ConnectInfo, ip: string | undefined): number {
@@ -220,19 +227,20 @@ export class DeviceHub {
     return ConnectError.BAD_CREDENTIALS;
   }
 
-  private accepted(
-    info: ConnectInfo,
-    session: Session,
-    setLive: (d: LiveDevice) => void,
-    ip: string | undefined,
-  ): boolean {
-    if (session.state !== 'authenticating') return false;
-    setLive({ username: info.username, device: info.deviceId, session, connectedTs: Date.now(), ip });
+  private accepted(info: ConnectInfo, connection: DeviceConnection, ip: string | undefined): boolean {
+    if (connection.session?.state !== 'authenticating') return false;
+    connection.live = {
+      username: info.username,
+      device: info.deviceId,
+      session: connection.session,
+      connectedTs: Date.now(),
+      ip,
+    };
     return true;
   }
 
-  /** Makes a logged-in device live, replacing an older session of the same device. */
-  private register(live: LiveDevice): void {
+  /** @internal Makes a logged-in device live, replacing an older session of the same device. */
+  register(live: LiveDevice): void {
     const id = key(live.username, live.device);
     const previous = this.live.get(id);
     this.live.set(id, live);
@@ -259,11 +267,8 @@ export class DeviceHub {
     });
   }
 
-  private onSessionClose(
-    session: Session,
-    live: LiveDevice | undefined,
-    error: SessionError | undefined,
-  ): void {
+  /** @internal */
+  onSessionClose(session: Session, live: LiveDevice | undefined, error: SessionError | undefined): void {
     this.pendingSessions.delete(session);
     this.endedTraffic.rxBytes += session.stats.rxBytes;
     this.endedTraffic.txBytes += session.stats.txBytes;
@@ -271,6 +276,8 @@ export class DeviceHub {
     this.endedTraffic.txMessages += session.stats.txMessages;
     if (error?.code === 'IOTMP_ERR_SLOW_PEER') this.counters.closedSlowPeer++;
     if (!live) return;
+    // Every session that was live, replaced ones too (they may hold syncs).
+    this.options.serverResources?.(live).onClose?.();
     const id = key(live.username, live.device);
     if (this.live.get(id) !== live) return; // replaced by a newer login
     this.live.delete(id);
@@ -300,6 +307,47 @@ export class DeviceHub {
     this.closing = true;
     for (const s of this.pendingSessions) s.close();
     for (const d of [...this.live.values()]) d.session.close();
+  }
+}
+
+/**
+ * One device connection's session options and hooks, as methods (one object per connection,
+ * not a closure per hook): the Session calls them as `options.authenticate(info)` etc.
+ */
+class DeviceConnection implements SessionOptions {
+  readonly role = 'server' as const;
+  session: Session | undefined;
+  /** Set once the login is accepted. */
+  live: LiveDevice | undefined;
+
+  constructor(
+    private readonly hub: DeviceHub,
+    readonly transport: Transport,
+  ) {}
+
+  authenticate(info: ConnectInfo): Promise<boolean | number> {
+    return this.hub.authenticate(info, this);
+  }
+
+  // Registered only once the OK is out: nothing may reach the device before it (spec Appendix C).
+  onOpen(): void {
+    if (this.live) this.hub.register(this.live);
+  }
+
+  onServerCall(call: ServerCall) {
+    return this.hub.serverCall(this.live, call);
+  }
+
+  onSubscribe(sub: InboundSubscription) {
+    return this.hub.subscribe(this.live, sub);
+  }
+
+  onWarning(message: string, details?: Record<string, unknown>): void {
+    this.hub.warnSession(this.transport, message, details);
+  }
+
+  onClose(error: SessionError | undefined): void {
+    this.hub.onSessionClose(this.session as Session, this.live, error);
   }
 }
 
