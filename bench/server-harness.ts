@@ -492,8 +492,8 @@ export class RawHttpConnection {
 export const SEED_SCRYPT = { N: 16, r: 8, p: 1 } as const;
 
 /**
- * Writes devices straight into the server's SQLite database (WAL mode: safe while the server
- * runs; it reads devices from the database at every login). Their credential hashes use the
+ * Writes devices straight into the server's SQLite database, while no server runs (it holds
+ * the database exclusively). Their credential hashes use the
  * server's format `scrypt$N$r$p$salt$hash` with a low cost (SEED_SCRYPT), so that their first
  * login does not cost a full KDF each. Only for the benchmark.
  */
