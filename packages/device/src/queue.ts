@@ -5,7 +5,10 @@
  */
 export class EventQueue<T> implements AsyncIterableIterator<T> {
   private readonly items: T[] = [];
-  private readonly waiters: Array<(r: IteratorResult<T>) => void> = [];
+  private readonly waiters: Array<{
+    resolve(r: IteratorResult<T>): void;
+    reject(error: Error): void;
+  }> = [];
   private ended = false;
   private failure: Error | undefined;
   /** Items dropped because the reader was too slow. */
@@ -33,7 +36,7 @@ export class EventQueue<T> implements AsyncIterableIterator<T> {
     if (this.ended) return;
     const waiter = this.waiters.shift();
     if (waiter) {
-      waiter({ value: item, done: false });
+      waiter.resolve({ value: item, done: false });
       return;
     }
     this.items.push(item);
@@ -52,8 +55,17 @@ export class EventQueue<T> implements AsyncIterableIterator<T> {
     if (this.items.length === 0) this.flushWaiters();
   }
 
+  /** Ends the readers waiting in next(): the first gets the failure, if any (as next() would). */
   private flushWaiters(): void {
-    for (const w of this.waiters.splice(0)) w({ value: undefined, done: true });
+    for (const w of this.waiters.splice(0)) {
+      if (this.failure) {
+        const err = this.failure;
+        this.failure = undefined;
+        w.reject(err);
+      } else {
+        w.resolve({ value: undefined, done: true });
+      }
+    }
   }
 
   next(): Promise<IteratorResult<T>> {
@@ -66,13 +78,14 @@ export class EventQueue<T> implements AsyncIterableIterator<T> {
       }
       return Promise.resolve({ value: undefined, done: true });
     }
-    return new Promise((resolve) => this.waiters.push(resolve));
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
   }
 
   return(): Promise<IteratorResult<T>> {
     if (!this.ended) {
       this.ended = true;
       this.items.length = 0;
+      this.failure = undefined;
       this.flushWaiters();
       this.onReturn?.();
     }
