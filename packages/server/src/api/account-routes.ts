@@ -215,42 +215,44 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
     },
   );
 
-  app.get<{ Params: { user: string; device: string } }>(
-    '/v3/users/:user/devices/:device/stats',
-    {
-      schema: {
-        summary: 'Connection state and traffic of a device',
-        params: deviceParams,
-        response: {
-          200: {
-            type: 'object',
-            properties: {
-              connected: { type: 'boolean' },
-              connected_ts: { type: ['integer', 'null'] },
-              ip_address: { type: ['string', 'null'] },
-              rx_bytes: { type: 'integer' },
-              tx_bytes: { type: 'integer' },
+  // Also under /v1, where Thinger.io clients (thinr-cli, thinger-node) ask for it.
+  for (const version of ['v3', 'v1'] as const)
+    app.get<{ Params: { user: string; device: string } }>(
+      `/${version}/users/:user/devices/:device/stats`,
+      {
+        schema: {
+          summary: 'Connection state and traffic of a device',
+          params: deviceParams,
+          response: {
+            200: {
+              type: 'object',
+              properties: {
+                connected: { type: 'boolean' },
+                connected_ts: { type: ['integer', 'null'] },
+                ip_address: { type: ['string', 'null'] },
+                rx_bytes: { type: 'integer' },
+                tx_bytes: { type: 'integer' },
+              },
             },
+            ...errors,
           },
-          ...errors,
         },
       },
-    },
-    async (request) => {
-      const { user, device } = request.params;
-      authorize(request.principal!, user, 'read', device);
-      const record = getOr404(user, device);
-      const live = ctx.hub.get(user, device);
-      return {
-        connected: live !== undefined,
-        connected_ts: live?.connectedTs ?? record.lastConnectedTs,
-        ip_address: live?.ip ?? record.lastIp,
-        // Bytes as the device counts them: what it sent (rx here) and received (tx here).
-        rx_bytes: live?.session.stats.rxBytes ?? 0,
-        tx_bytes: live?.session.stats.txBytes ?? 0,
-      };
-    },
-  );
+      async (request) => {
+        const { user, device } = request.params;
+        authorize(request.principal!, user, 'read', device);
+        const record = getOr404(user, device);
+        const live = ctx.hub.get(user, device);
+        return {
+          connected: live !== undefined,
+          connected_ts: live?.connectedTs ?? record.lastConnectedTs,
+          ip_address: live?.ip ?? record.lastIp,
+          // Bytes as the device counts them: what it sent (rx here) and received (tx here).
+          rx_bytes: live?.session.stats.rxBytes ?? 0,
+          tx_bytes: live?.session.stats.txBytes ?? 0,
+        };
+      },
+    );
 
   // --- access tokens
 

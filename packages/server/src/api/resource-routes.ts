@@ -134,6 +134,16 @@ export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): v
     async (request, reply) => {
       const { user, device } = request.params;
       const path = request.params['*'];
+      // …/resources/api lists every resource, as on Thinger.io (a resource named "api" is …/api/api).
+      if (path === 'api') {
+        authorize(request.principal!, user, 'read', device);
+        const live = liveDevice(user, device);
+        try {
+          return send(reply, await timed(() => live.session.describe(undefined, { timeoutMs })));
+        } catch (err) {
+          throw mapDeviceError(err, 'DESCRIBE', timeoutMs);
+        }
+      }
       const describe = path.endsWith('/api');
       const resource = describe ? path.slice(0, -4) : path;
       if (!resource) throw new HttpError(400, 'invalid_request', 'resource name missing');

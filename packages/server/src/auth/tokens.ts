@@ -102,7 +102,8 @@ export class TokenService {
   }
 
   private async issue(username: string): Promise<IssuedTokens> {
-    const access = await new SignJWT({ typ: 'user' })
+    // `usr` as Thinger.io tokens carry it: clients of that API (Node-RED nodes, thinr-cli) read the user from it.
+    const access = await new SignJWT({ typ: 'user', usr: username })
       .setProtectedHeader({ alg: 'HS256' })
       .setSubject(username)
       .setIssuer(ISSUER)
@@ -137,7 +138,7 @@ export class TokenService {
       expiresAt: expiresInSeconds ? now + expiresInSeconds * 1000 : null,
     };
     this.accounts.createAccessToken(record);
-    let jwt = new SignJWT({ typ: 'token' })
+    let jwt = new SignJWT({ typ: 'token', usr: username })
       .setProtectedHeader({ alg: 'HS256' })
       .setSubject(username)
       .setIssuer(ISSUER)
