@@ -122,6 +122,7 @@ export async function startServerProcess(o: StartServerOptions): Promise<ServerP
     IOTMP_HTTP_PORT: String(httpPort),
     IOTMP_TCP_PORT: String(tcpPort),
     IOTMP_TLS_PORT: '0',
+    IOTMP_HTTPS_PORT: '0',
     IOTMP_HOST: '127.0.0.1',
     IOTMP_ADMIN_USER: BENCH_USER,
     IOTMP_ADMIN_PASSWORD: o.adminPassword,

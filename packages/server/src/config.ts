@@ -8,6 +8,8 @@ export interface ServerConfig {
   host: string;
   /** HTTP API, WebSocket API, device WebSocket (/iotmp) and console. */
   httpPort: number;
+  /** The same over HTTPS (wss:// for devices), with the TLS certificate; 0 disables. */
+  httpsPort: number;
   /** IOTMP over TCP; 0 disables. */
   tcpPort: number;
   /** IOTMP over TLS; 0 disables. */
@@ -34,12 +36,27 @@ export interface ServerConfig {
   refreshTokenTtlSeconds: number;
   /** Time allowed to in-flight work at shutdown (ms). */
   shutdownGraceMs: number;
+  /** Endpoints may connect to private, loopback, link-local, … addresses (off: public addresses only). */
+  endpointAllowPrivate: boolean;
+  /** Time allowed to one endpoint call, connection to last response byte (ms). */
+  endpointTimeoutMs: number;
+  /** Largest endpoint response body (bytes); larger is an error. */
+  endpointMaxResponseBytes: number;
+  /** Endpoint calls in progress at once, per user (0: no limit). */
+  endpointMaxConcurrent: number;
+  /** Endpoint calls per second, per user, sustained (token bucket; 0: no limit). */
+  endpointRatePerSecond: number;
+  /** Endpoint calls per user in a burst (the token bucket's size). */
+  endpointRateBurst: number;
+  /** The web console's built files (default: packages/console/dist beside the server package). */
+  consoleDir: string | undefined;
 }
 
 export const DEFAULT_CONFIG: ServerConfig = {
   dataDir: './data',
   host: '0.0.0.0',
   httpPort: 3000,
+  httpsPort: 3443,
   tcpPort: 25204,
   tlsPort: 25206,
   tlsCert: undefined,
@@ -54,6 +71,13 @@ export const DEFAULT_CONFIG: ServerConfig = {
   accessTokenTtlSeconds: 2 * 3600,
   refreshTokenTtlSeconds: 30 * 24 * 3600,
   shutdownGraceMs: 10_000,
+  endpointAllowPrivate: false,
+  endpointTimeoutMs: 10_000,
+  endpointMaxResponseBytes: 1024 * 1024,
+  endpointMaxConcurrent: 8,
+  endpointRatePerSecond: 10,
+  endpointRateBurst: 20,
+  consoleDir: undefined,
 };
 
 export class ConfigError extends Error {
@@ -65,6 +89,7 @@ const ENV: Record<string, keyof ServerConfig> = {
   IOTMP_DATA_DIR: 'dataDir',
   IOTMP_HOST: 'host',
   IOTMP_HTTP_PORT: 'httpPort',
+  IOTMP_HTTPS_PORT: 'httpsPort',
   IOTMP_TCP_PORT: 'tcpPort',
   IOTMP_TLS_PORT: 'tlsPort',
   IOTMP_TLS_CERT: 'tlsCert',
@@ -79,9 +104,16 @@ const ENV: Record<string, keyof ServerConfig> = {
   IOTMP_ACCESS_TOKEN_TTL: 'accessTokenTtlSeconds',
   IOTMP_REFRESH_TOKEN_TTL: 'refreshTokenTtlSeconds',
   IOTMP_SHUTDOWN_GRACE_MS: 'shutdownGraceMs',
+  IOTMP_ENDPOINTS_ALLOW_PRIVATE: 'endpointAllowPrivate',
+  IOTMP_ENDPOINTS_TIMEOUT_MS: 'endpointTimeoutMs',
+  IOTMP_ENDPOINTS_MAX_RESPONSE_BYTES: 'endpointMaxResponseBytes',
+  IOTMP_ENDPOINTS_MAX_CONCURRENT: 'endpointMaxConcurrent',
+  IOTMP_ENDPOINTS_RATE: 'endpointRatePerSecond',
+  IOTMP_ENDPOINTS_BURST: 'endpointRateBurst',
+  IOTMP_CONSOLE_DIR: 'consoleDir',
 };
 
-const PORTS = new Set<keyof ServerConfig>(['httpPort', 'tcpPort', 'tlsPort']);
+const PORTS = new Set<keyof ServerConfig>(['httpPort', 'httpsPort', 'tcpPort', 'tlsPort']);
 const LEVELS = new Set(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']);
 
 function kebab(key: string): string {
@@ -95,6 +127,13 @@ export const FLAGS: Record<string, keyof ServerConfig> = Object.fromEntries(
 
 function coerce(key: keyof ServerConfig, raw: unknown, source: string): unknown {
   const def = DEFAULT_CONFIG[key];
+  if (typeof def === 'boolean') {
+    if (typeof raw === 'boolean') return raw;
+    const text = typeof raw === 'string' ? raw.trim().toLowerCase() : '';
+    if (['true', '1', 'yes', 'on'].includes(text)) return true;
+    if (['false', '0', 'no', 'off'].includes(text)) return false;
+    throw new ConfigError(`${source}: ${key} must be true or false, got ${JSON.stringify(raw)}`);
+  }
   if (typeof def === 'number' || PORTS.has(key)) {
     const n =
       typeof raw === 'number' ? raw : typeof raw === 'string' && raw.trim() !== '' ? Number(raw) : Number.NaN;
@@ -163,6 +202,7 @@ export function loadConfig(argv: string[] = [], env: NodeJS.ProcessEnv = process
   for (const [key, value] of flags) config[key] = coerce(key, value, `option --${kebab(key)}`);
   const result = config as unknown as ServerConfig;
   result.dataDir = resolve(result.dataDir);
+  if (result.consoleDir !== undefined) result.consoleDir = resolve(result.consoleDir);
   if ((result.tlsCert === undefined) !== (result.tlsKey === undefined)) {
     throw new ConfigError(
       'tlsCert and tlsKey go together: give both PEM files, or neither to generate a self-signed certificate',

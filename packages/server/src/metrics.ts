@@ -7,6 +7,10 @@ export class Metrics {
   readonly callDuration: Histogram;
   readonly wsDropped: Counter;
   readonly httpErrors: Counter;
+  readonly bucketRecords: Counter;
+  readonly bucketCommit: Histogram;
+  readonly serverCalls: Counter;
+  readonly endpointCalls: Histogram;
 
   constructor(hub: DeviceHub) {
     collectDefaultMetrics({ register: this.registry });
@@ -70,6 +74,30 @@ export class Metrics {
       name: 'iotmp_http_errors_total',
       help: 'HTTP API answers with status >= 400',
       labelNames: ['status'],
+      registers: reg,
+    });
+    this.bucketRecords = new Counter({
+      name: 'iotmp_bucket_records_written_total',
+      help: 'Bucket records durably stored (device writes, API writes, device-sourced samples)',
+      registers: reg,
+    });
+    this.bucketCommit = new Histogram({
+      name: 'iotmp_bucket_commit_seconds',
+      help: 'Bucket group commits, from the start of the transaction until it is on disk',
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      registers: reg,
+    });
+    this.serverCalls = new Counter({
+      name: 'iotmp_server_resource_calls_total',
+      help: 'Device → server calls (codes 1–7: properties, device calls, endpoints, buckets, syncs)',
+      labelNames: ['code', 'outcome'],
+      registers: reg,
+    });
+    this.endpointCalls = new Histogram({
+      name: 'iotmp_endpoint_call_duration_seconds',
+      help: 'Endpoint calls (outbound HTTP), by outcome: completed (any upstream status) or an error code',
+      labelNames: ['outcome'],
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: reg,
     });
   }

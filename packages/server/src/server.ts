@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import * as https from 'node:https';
 import * as net from 'node:net';
 import { join } from 'node:path';
 import * as tls from 'node:tls';
@@ -20,16 +21,29 @@ import Fastify, {
 } from 'fastify';
 import pino, { type Logger } from 'pino';
 import { registerAccountRoutes } from './api/account-routes.js';
+import { registerBucketRoutes } from './api/bucket-routes.js';
 import { type AppContext, bearerToken } from './api/context.js';
+import { registerEndpointRoutes } from './api/endpoint-routes.js';
 import { errorBody, HttpError } from './api/errors.js';
+import { registerPropertyRoutes } from './api/property-routes.js';
 import { registerResourceRoutes } from './api/resource-routes.js';
 import { registerWsRoutes } from './api/ws-routes.js';
 import { AuthFailure, TokenService } from './auth/tokens.js';
+import { DeviceBucketSources } from './buckets/device-source.js';
 import type { ServerConfig } from './config.js';
+import { registerConsole } from './console.js';
 import { DeviceHub } from './devices/hub.js';
+import { ServerResources } from './devices/server-resources.js';
+import { SyncManager } from './devices/syncs.js';
+import { EndpointRunner } from './endpoints/runner.js';
+import { EventBus } from './events/bus.js';
+import { TopicBroker } from './events/topics.js';
 import { Metrics } from './metrics.js';
 import { AccountStore } from './storage/accounts.js';
+import { BucketStore } from './storage/buckets.js';
 import { type Db, openDatabase } from './storage/database.js';
+import { EndpointStore } from './storage/endpoints.js';
+import { PropertyStore } from './storage/properties.js';
 import { SharedStreams } from './streams/shared-streams.js';
 import { loadOrCreateTls } from './tls.js';
 
@@ -40,12 +54,16 @@ export interface RunningServer {
   readonly httpPort: number;
   readonly tcpPort: number;
   readonly tlsPort: number;
+  /** The HTTPS listener's port (0: off). */
+  readonly httpsPort: number;
   /** PEM of the TLS certificate in use (to trust it in clients). */
   readonly tlsCert: string | undefined;
   readonly app: FastifyInstance;
   readonly hub: DeviceHub;
   readonly accounts: AccountStore;
   readonly tokens: TokenService;
+  /** Data buckets (tests and tools: sweep, compact, count). */
+  readonly buckets: BucketStore;
   readonly log: Logger;
   /** Stops accepting, disconnects devices, finishes in-flight calls (bounded), closes storage. */
   close(): Promise<void>;
@@ -87,19 +105,83 @@ export async function startServer(
     }
   }
 
-  const hub = new DeviceHub({
+  // Server events and topics per user; property changes (REST or device) become events.
+  const events = new EventBus((event, err) => log.warn({ err, event }, 'event listener failed'));
+  const topics = new TopicBroker({
+    onWarning: (message, details) => log.debug({ component: 'topics', ...details }, message),
+  });
+  const properties = new PropertyStore(db, {
+    onChange: (username, change) => events.publish(username, 'device_property_update', change),
+  });
+  const syncs = new SyncManager();
+  const hub: DeviceHub = new DeviceHub({
     accounts,
     log: log.child({ component: 'devices' }),
     session: { connectTimeoutMs: config.connectTimeoutMs, maxFrameSize: config.maxFrameSize },
+    // Device → server calls and subscriptions (codes 1–8), set up below.
+    serverResources: (live) => serverResources.for(live),
   });
   const metrics = new Metrics(hub);
+  const buckets = new BucketStore(db, {
+    onCommit: (records, seconds) => {
+      metrics.bucketRecords.inc(records);
+      metrics.bucketCommit.observe(seconds);
+    },
+    onWarning: (message, details) => log.warn({ component: 'buckets', ...details }, message),
+  });
+  const endpoints = new EndpointRunner({
+    store: new EndpointStore(db),
+    allowPrivate: config.endpointAllowPrivate,
+    timeoutMs: config.endpointTimeoutMs,
+    maxResponseBytes: config.endpointMaxResponseBytes,
+    maxConcurrent: config.endpointMaxConcurrent,
+    ratePerSecond: config.endpointRatePerSecond,
+    rateBurst: config.endpointRateBurst,
+    onOutcome: (outcome, seconds) => metrics.endpointCalls.observe({ outcome }, seconds),
+  });
+  const serverResources: ServerResources = new ServerResources({
+    hub,
+    accounts,
+    properties,
+    events,
+    topics,
+    syncs,
+    buckets,
+    endpoints,
+    deviceCallTimeoutMs: config.deviceCallTimeoutMs,
+    log: log.child({ component: 'server-resources' }),
+    onCall: (code, ok) =>
+      metrics.serverCalls.inc({
+        code: code >= 1 && code <= 7 ? String(code) : 'other',
+        outcome: ok ? 'ok' : 'error',
+      }),
+  });
   // One device stream per device resource, shared by WebSocket subscribers and device-sourced buckets.
   const streams = new SharedStreams({
     source: hub,
     openTimeoutMs: config.deviceCallTimeoutMs,
     onWarning: (message, details) => log.debug({ component: 'streams', ...details }, message),
   });
-  const ctx: AppContext = { config, accounts, tokens, hub, metrics, streams };
+  // Device-sourced buckets subscribe to those streams (now, and as buckets change).
+  const bucketSources = new DeviceBucketSources({
+    store: buckets,
+    streams,
+    hub,
+    onWarning: (message, details) => log.debug({ component: 'buckets', ...details }, message),
+  });
+  const ctx: AppContext = {
+    config,
+    accounts,
+    tokens,
+    hub,
+    metrics,
+    streams,
+    properties,
+    events,
+    topics,
+    endpoints,
+    buckets,
+  };
 
   // --- HTTP API
   const app = Fastify({
@@ -180,7 +262,10 @@ export async function startServer(
     metrics.httpErrors.inc({ status: String(status) });
     reply.code(status).send(errorBody(code, message));
   });
+  // The web console at "/" (its page for browser navigations no route matched).
+  const consoleSite = await registerConsole(app, { dir: config.consoleDir, log });
   app.setNotFoundHandler((request, reply) => {
+    if (consoleSite.fallback(request, reply)) return;
     metrics.httpErrors.inc({ status: '404' });
     reply.code(404).send(errorBody('not_found', `no route ${request.method} ${request.url.split('?')[0]}`));
   });
@@ -196,7 +281,7 @@ export async function startServer(
   ]);
   app.addHook('onRequest', async (request) => {
     const path = request.url.split('?')[0] as string;
-    if (PUBLIC.has(path)) return;
+    if (PUBLIC.has(path) || consoleSite.serves(request)) return;
     request.principal = await tokens.verify(bearerToken(request));
   });
 
@@ -241,7 +326,10 @@ export async function startServer(
   );
 
   registerAccountRoutes(app, ctx);
+  registerBucketRoutes(app, ctx, bucketSources);
   registerResourceRoutes(app, ctx);
+  registerPropertyRoutes(app, ctx);
+  registerEndpointRoutes(app, ctx);
   registerWsRoutes(app, ctx);
 
   // Devices over WebSocket on the HTTP port.
@@ -253,27 +341,48 @@ export async function startServer(
     .listen({ port: config.httpPort, host: config.host })
     .then(() => (app.server.address() as net.AddressInfo).port);
 
+  // The TLS certificate of the TLS and HTTPS listeners: configured, or generated once.
+  let material: ReturnType<typeof loadOrCreateTls> | undefined;
+  const tlsMaterial = () => {
+    if (!material) {
+      material = loadOrCreateTls(config.dataDir, config.tlsCert, config.tlsKey);
+      if (material.generated)
+        log.warn(
+          { cert: material.certFile },
+          'generated a self-signed TLS certificate (ECDSA P-256); give --tls-cert/--tls-key for a real one',
+        );
+    }
+    return material;
+  };
+
+  // The same API over HTTPS: requests go to the app's router, upgrades (WebSocket API, device
+  // wss://…/iotmp) to the same WebSocket handling as on the HTTP port.
+  let httpsPort = 0;
+  let httpsServer: https.Server | undefined;
+  if (config.httpsPort > 0) {
+    const { cert, key } = tlsMaterial();
+    const server = https.createServer({ cert, key, minVersion: 'TLSv1.2' }, (req, res) =>
+      app.routing(req, res),
+    );
+    server.on('upgrade', (req, socket, head) => app.server.emit('upgrade', req, socket, head));
+    server.on('tlsClientError', (err) => log.debug({ err: err.message }, 'HTTPS handshake failed'));
+    httpsPort = await listen(server, config.httpsPort, config.host);
+    httpsServer = server;
+  }
+
   // --- IOTMP listeners
   const deviceServers: net.Server[] = [];
   let tcpPort = 0;
   let tlsPort = 0;
-  let tlsCert: string | undefined;
   if (config.tcpPort > 0) {
     const server = net.createServer({ noDelay: true }, (socket) => hub.accept(new SocketTransport(socket)));
     tcpPort = await listen(server, config.tcpPort, config.host);
     deviceServers.push(server);
   }
   if (config.tlsPort > 0) {
-    const material = loadOrCreateTls(config.dataDir, config.tlsCert, config.tlsKey);
-    if (material.generated)
-      log.warn(
-        { cert: material.certFile },
-        'generated a self-signed TLS certificate (ECDSA P-256); give --tls-cert/--tls-key for a real one',
-      );
-    tlsCert = material.cert;
-    const server = tls.createServer(
-      { cert: material.cert, key: material.key, minVersion: 'TLSv1.2' },
-      (socket) => hub.accept(new SocketTransport(socket)),
+    const { cert, key } = tlsMaterial();
+    const server = tls.createServer({ cert, key, minVersion: 'TLSv1.2' }, (socket) =>
+      hub.accept(new SocketTransport(socket)),
     );
     server.on('tlsClientError', (err) => log.debug({ err: err.message }, 'TLS handshake failed'));
     tlsPort = await listen(server, config.tlsPort, config.host);
@@ -282,6 +391,7 @@ export async function startServer(
   log.info(
     {
       http: httpPort,
+      https: httpsPort || 'off',
       tcp: tcpPort || 'off',
       tls: tlsPort || 'off',
       ws: WEBSOCKET_PATH,
@@ -295,15 +405,37 @@ export async function startServer(
     closing ??= (async () => {
       log.info('shutting down');
       for (const s of deviceServers) s.close();
+      httpsServer?.close();
+      bucketSources.close();
       streams.close();
       hub.closeAll();
+      serverResources.close();
+      syncs.clear();
       await Promise.race([app.close(), new Promise((r) => setTimeout(r, config.shutdownGraceMs).unref())]);
+      httpsServer?.closeAllConnections();
+      await endpoints.close();
       accounts.flushConnections();
+      await buckets.close();
       db.close();
       log.info('stopped');
     })();
     return closing;
   };
 
-  return { config, httpPort, tcpPort, tlsPort, tlsCert, app, hub, accounts, tokens, log, close };
+  const tlsCert = material?.cert;
+  return {
+    config,
+    httpPort,
+    httpsPort,
+    tcpPort,
+    tlsPort,
+    tlsCert,
+    app,
+    hub,
+    accounts,
+    tokens,
+    buckets,
+    log,
+    close,
+  };
 }

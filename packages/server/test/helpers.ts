@@ -144,6 +144,8 @@ export interface StartOptions {
   /** TCP and TLS listeners (default both on). */
   tcp?: boolean;
   tls?: boolean;
+  /** HTTPS listener (default off). */
+  https?: boolean;
 }
 
 /**
@@ -167,6 +169,7 @@ export class TestServer {
     const dataDir = options.dataDir ?? mkdtempSync(join(tmpdir(), 'iotmp-server-test-'));
     const tcpPort = options.tcp === false ? 0 : await freePort();
     const tlsPort = options.tls === false ? 0 : await freePort();
+    const httpsPort = options.https ? await freePort() : 0;
     const config = loadConfig(
       [
         '--data-dir',
@@ -179,6 +182,8 @@ export class TestServer {
         String(tcpPort),
         '--tls-port',
         String(tlsPort),
+        '--https-port',
+        String(httpsPort),
         '--admin-user',
         ADMIN,
         '--admin-password',

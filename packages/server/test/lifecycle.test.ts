@@ -120,6 +120,7 @@ before(async () => {
     IOTMP_HTTP_PORT: String(await freePort()),
     IOTMP_TCP_PORT: String(await freePort()),
     IOTMP_TLS_PORT: String(await freePort()),
+    IOTMP_HTTPS_PORT: String(await freePort()),
     IOTMP_ADMIN_USER: 'owner',
     IOTMP_LOG_LEVEL: 'info',
   };
@@ -263,6 +264,7 @@ describe('the server process', () => {
     assert.equal(listening.http, Number(env.IOTMP_HTTP_PORT));
     assert.equal(listening.tcp, Number(env.IOTMP_TCP_PORT));
     assert.equal(listening.tls, Number(env.IOTMP_TLS_PORT));
+    assert.equal(listening.https, Number(env.IOTMP_HTTPS_PORT));
     const m = /first user: owner\n\s+password:\s+(\S+)\n/.exec(first.stdout);
     assert.ok(m, `password printed: ${first.stdout.slice(0, 2000)}`);
     password = m[1] as string;

@@ -246,6 +246,8 @@ describe('WebSocket API', () => {
         String(tcpPort),
         '--tls-port',
         '0',
+        '--https-port',
+        '0',
         '--admin-password',
         'pw',
         '--log-level',
@@ -491,7 +493,7 @@ describe('WebSocket API', () => {
       signal: 'start',
       payload: { filters: { device: 'd1' } },
     });
-    events.send({ event: 'device_property_update' });
+    events.send({ event: 'no_such_event' });
     assert.equal(((await events.signal('error')).payload as { code: string }).code, 'unknown_event');
     events.send({ event: 'device_state_change', filters: { colour: 'red' } });
     assert.match(((await events.signal('error')).payload as { message: string }).message, /unknown filter/);

@@ -2,8 +2,13 @@ import type { FastifyRequest } from 'fastify';
 import type { Principal, TokenService } from '../auth/tokens.js';
 import type { ServerConfig } from '../config.js';
 import type { DeviceHub } from '../devices/hub.js';
+import type { EndpointRunner } from '../endpoints/runner.js';
+import type { EventBus } from '../events/bus.js';
+import type { TopicBroker } from '../events/topics.js';
 import type { Metrics } from '../metrics.js';
 import type { AccountStore } from '../storage/accounts.js';
+import type { BucketStore } from '../storage/buckets.js';
+import type { PropertyStore } from '../storage/properties.js';
 import type { SharedStreams } from '../streams/shared-streams.js';
 
 export interface AppContext {
@@ -14,6 +19,16 @@ export interface AppContext {
   metrics: Metrics;
   /** Shared device streams (WebSocket subscribers, device-sourced buckets). */
   streams: SharedStreams;
+  /** Device properties (REST, and devices through codes 1 and 2). */
+  properties: PropertyStore;
+  /** Server events of each user (device state changes, property updates). */
+  events: EventBus;
+  /** MQTT-style topics of each user (devices and the events WebSocket). */
+  topics: TopicBroker;
+  /** Users' endpoints: definitions (`store`) and calls (REST, and devices through code 4). */
+  endpoints: EndpointRunner;
+  /** Data buckets: definitions, durable writes (REST, and devices through code 5), reads. */
+  buckets: BucketStore;
 }
 
 declare module 'fastify' {

@@ -3,6 +3,7 @@ import type { PsonValue } from '@iotmp/pson';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { AuthFailure, authorize, type Principal } from '../auth/tokens.js';
 import type { DeviceStateChange } from '../devices/hub.js';
+import { topicFilterError } from '../events/topics.js';
 import {
   type SharedStreams,
   type StreamFailure,
@@ -61,8 +62,19 @@ const MAX_INTERVAL_SECONDS = 86_400;
 const MAX_SUBSCRIPTIONS = 64;
 const MAX_RESOURCE_LENGTH = 1024;
 const WS_CONSTRAINT = 'iotmpWebSocketUpgrade';
-const EVENTS = ['device_state_change'] as const;
+const EVENTS = ['device_state_change', 'device_property_update', 'device_topic_publish'] as const;
 type EventName = (typeof EVENTS)[number];
+/** The filters each event takes (topic: an MQTT filter, required). */
+const EVENT_FILTERS: Record<EventName, readonly string[]> = {
+  device_state_change: ['device'],
+  device_property_update: ['device', 'property'],
+  device_topic_publish: ['topic'],
+};
+interface EventFilters {
+  device?: string;
+  property?: string;
+  topic?: string;
+}
 
 /**
  * Sends JSON frames to one consumer, never queueing without bound: past `maxBufferedBytes`
@@ -449,7 +461,7 @@ export function registerWsRoutes(
     url: '/v2/users/:user/events',
     schema: {
       summary:
-        'WebSocket: server events (device_state_change). Send {"event", "filters"?, "enabled"?}; plain HTTP answers 426',
+        'WebSocket: server events (device_state_change, device_property_update, device_topic_publish). Send {"event", "filters"?, "enabled"?}; plain HTTP answers 426',
       params: userParams,
       querystring: {
         type: 'object',
@@ -473,7 +485,8 @@ export function registerWsRoutes(
       const { user } = (req as unknown as EventsRequest).params;
       const principal = principalOf(req);
       const out = sender(socket);
-      const subscriptions = new Map<EventName, { device?: string }>();
+      const subscriptions = new Map<EventName, EventFilters>();
+      let topicSubscription: (() => void) | undefined;
       const onChange = (change: DeviceStateChange) => {
         if (change.username !== user) return;
         const filters = subscriptions.get('device_state_change');
@@ -493,7 +506,33 @@ export function registerWsRoutes(
         });
       };
       const unlisten = ctx.hub.onStateChange(onChange);
-      socket.on('close', () => unlisten());
+      const unlistenProperties = ctx.events.subscribe(user, 'device_property_update', (change) => {
+        const filters = subscriptions.get('device_property_update');
+        if (!filters) return;
+        if (filters.device !== undefined && filters.device !== change.device) return;
+        if (filters.property !== undefined && filters.property !== change.property) return;
+        if (!mayRead(principal, user, change.device)) return;
+        out.send({ event: 'device_property_update', signal: 'data', payload: change });
+      });
+      const subscribeTopic = (filter: string) => {
+        topicSubscription?.();
+        const topicMessage = (m: { topic: string; payload: PsonValue }, retained: boolean) =>
+          out.send({
+            event: 'device_topic_publish',
+            signal: 'data',
+            payload: { topic: m.topic, payload: psonToJson(m.payload), ...(retained ? { retained } : {}) },
+          });
+        const sub = ctx.topics.subscribe(user, filter, (m) => topicMessage(m, false));
+        topicSubscription = sub.unsubscribe;
+        return () => {
+          for (const m of sub.retained) topicMessage(m, true);
+        };
+      };
+      socket.on('close', () => {
+        unlisten();
+        unlistenProperties();
+        topicSubscription?.();
+      });
       socket.on('message', (data, isBinary) => {
         let event: string | undefined;
         try {
@@ -508,6 +547,10 @@ export function registerWsRoutes(
           if (frame.enabled === false) {
             if (!subscriptions.delete(name))
               throw new FrameError('not_subscribed', `not subscribed to ${name}`);
+            if (name === 'device_topic_publish') {
+              topicSubscription?.();
+              topicSubscription = undefined;
+            }
             out.send({
               event: name,
               signal: 'stop',
@@ -515,21 +558,43 @@ export function registerWsRoutes(
             });
             return;
           }
-          const filters: { device?: string } = {};
+          const filters: EventFilters = {};
+          const allowed = EVENT_FILTERS[name];
           if (frame.filters !== undefined && frame.filters !== null) {
             if (!isPlainObject(frame.filters))
-              throw new FrameError('invalid_frame', 'filters must be an object, e.g. {"device": "d1"}');
+              throw new FrameError('invalid_frame', `filters must be an object with ${allowed.join(', ')}`);
             for (const [k, v] of Object.entries(frame.filters)) {
-              if (k !== 'device')
-                throw new FrameError('invalid_frame', `unknown filter "${k}" (expected device)`);
-              if (typeof v !== 'string' || !new RegExp(ID_PATTERN).test(v))
-                throw new FrameError('invalid_frame', 'filters.device must be a device id');
-              filters.device = v;
+              if (!allowed.includes(k))
+                throw new FrameError(
+                  'invalid_frame',
+                  `unknown filter "${k}" (expected ${allowed.join(', ')})`,
+                );
+              if (k === 'topic') {
+                const error = topicFilterError(v);
+                if (error) throw new FrameError('invalid_frame', `filters.topic: ${error}`);
+              } else if (typeof v !== 'string' || !new RegExp(ID_PATTERN).test(v))
+                throw new FrameError(
+                  'invalid_frame',
+                  `filters.${k} must be ${k === 'device' ? 'a device' : 'a property'} id`,
+                );
+              filters[k as keyof EventFilters] = v as string;
             }
           }
           if (filters.device !== undefined) authorize(principal, user, 'read', filters.device);
+          let sendRetained: (() => void) | undefined;
+          if (name === 'device_topic_publish') {
+            if (filters.topic === undefined)
+              throw new FrameError(
+                'invalid_frame',
+                'filters.topic is required, e.g. {"topic": "sensors/+/temperature"}',
+              );
+            // Topics are not a device's: tokens limited to some devices do not reach them.
+            authorize(principal, user, 'read');
+            sendRetained = subscribeTopic(filters.topic);
+          }
           subscriptions.set(name, filters);
           out.send({ event: name, signal: 'start', payload: { filters } });
+          sendRetained?.();
         } catch (err) {
           out.send({
             ...(event !== undefined ? { event } : {}),

@@ -50,6 +50,73 @@ const MIGRATIONS: string[] = [
     value TEXT NOT NULL
   ) STRICT;
   `,
+  // Device properties (JSON values); they go with their device.
+  `
+  CREATE TABLE device_properties (
+    username   TEXT NOT NULL,
+    device     TEXT NOT NULL,
+    property   TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (username, device, property),
+    FOREIGN KEY (username, device) REFERENCES devices(username, device) ON DELETE CASCADE
+  ) STRICT;
+  `,
+  // Endpoints: outbound HTTP requests that users and their devices call by name.
+  `
+  CREATE TABLE endpoints (
+    username    TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    endpoint    TEXT NOT NULL,
+    name        TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    type        TEXT NOT NULL,
+    enabled     INTEGER NOT NULL DEFAULT 1,
+    profile     TEXT NOT NULL,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    PRIMARY KEY (username, endpoint)
+  ) STRICT;
+  `,
+  // Data buckets (storage/buckets.ts). Bucket ids are never reused (AUTOINCREMENT): records of
+  // a deleted bucket are removed in the background, by id.
+  `
+  CREATE TABLE buckets (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    username    TEXT NOT NULL REFERENCES users(username) ON DELETE CASCADE,
+    bucket      TEXT NOT NULL,
+    name        TEXT NOT NULL DEFAULT '',
+    description TEXT NOT NULL DEFAULT '',
+    enabled     INTEGER NOT NULL DEFAULT 1,
+    source      TEXT NOT NULL,
+    config      TEXT NOT NULL DEFAULT '{}',
+    retention   TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    UNIQUE (username, bucket)
+  ) STRICT;
+
+  -- Records keyed for reads: one bucket's records in time order; data is JSON text.
+  CREATE TABLE bucket_data (
+    bucket_id INTEGER NOT NULL,
+    ts        INTEGER NOT NULL,
+    data      TEXT NOT NULL,
+    PRIMARY KEY (bucket_id, ts)
+  ) STRICT, WITHOUT ROWID;
+
+  -- Acknowledged writes not yet moved into bucket_data: one row per group commit, holding
+  -- its records in arrival order (cheap commits).
+  CREATE TABLE bucket_log (
+    seq     INTEGER PRIMARY KEY,
+    records TEXT NOT NULL
+  ) STRICT;
+
+  -- Deleted buckets whose records are still being removed.
+  CREATE TABLE bucket_purges (bucket_id INTEGER PRIMARY KEY) STRICT;
+  CREATE TRIGGER buckets_purge AFTER DELETE ON buckets BEGIN
+    INSERT OR IGNORE INTO bucket_purges (bucket_id) VALUES (old.id);
+  END;
+  `,
 ];
 
 export type Db = Database.Database;
