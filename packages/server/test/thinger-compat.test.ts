@@ -53,4 +53,27 @@ describe('Thinger.io API compatibility', () => {
     // The resource named "api" is still described at …/api/api.
     assert.equal((await t.api('GET', `/v3/users/${ADMIN}/devices/compat1/resources/api/api`)).status, 200);
   });
+
+  it('device list: `name` filters by id or name (literally, any case); product and asset filters find nothing', async () => {
+    await t.createDevice('kitchen-1', 'compat-credential-2', { name: 'Fridge' });
+    await t.createDevice('garden_1', 'compat-credential-3', { name: 'Sprinkler' });
+    const ids = async (q: string) => {
+      const res = await t.api('GET', `/v1/users/${ADMIN}/devices?${q}`);
+      assert.equal(res.status, 200, res.bytes.toString('utf8'));
+      return {
+        ids: (res.body as Array<{ device: string }>).map((d) => d.device),
+        total: res.headers.get('x-total-count'),
+      };
+    };
+    assert.deepEqual(await ids('name=KITCHEN'), { ids: ['kitchen-1'], total: '1' });
+    assert.deepEqual(await ids('name=fridge'), { ids: ['kitchen-1'], total: '1' });
+    // LIKE wildcards are literal: "_" matches only an underscore.
+    assert.deepEqual(await ids('name=n_1'), { ids: ['garden_1'], total: '1' });
+    assert.deepEqual(await ids('name=%25'), { ids: [], total: '0' });
+    for (const g of ['product', 'asset_group', 'asset_type', 'project']) {
+      const res = await t.api('GET', `/v1/users/${ADMIN}/devices?${g}=thermostats`);
+      assert.equal(res.status, 404, g);
+      assert.equal((res.body as { error: { code: string } }).error.code, `${g}_not_found`);
+    }
+  });
 });

@@ -31,6 +31,13 @@ const credentialSchema = {
   pattern: '^[\\x21-\\x7e]+$',
 } as const;
 
+/** Thinger.io groupings a device list can be filtered by; this server has none of them. */
+const GROUPINGS = ['product', 'asset_group', 'asset_type', 'project'] as const;
+
+type DeviceListQuery = { count?: number; index?: number; name?: string } & Partial<
+  Record<(typeof GROUPINGS)[number], string>
+>;
+
 export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): void {
   const view = (d: DeviceRecord) => {
     const live = ctx.hub.get(d.username, d.device);
@@ -51,17 +58,20 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
     return d;
   };
 
-  app.get<{ Params: { user: string }; Querystring: { count?: number; index?: number } }>(
+  app.get<{ Params: { user: string }; Querystring: DeviceListQuery }>(
     '/v1/users/:user/devices',
     {
       schema: {
-        summary: 'List devices',
+        summary:
+          'List devices (`name`: those whose id or name contains it; product/asset/project filters find nothing: there are none)',
         params: userParams,
         querystring: {
           type: 'object',
           properties: {
             count: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
             index: { type: 'integer', minimum: 0, default: 0 },
+            name: { type: 'string', minLength: 1, maxLength: 128 },
+            ...Object.fromEntries(GROUPINGS.map((g) => [g, { type: 'string', maxLength: 128 }])),
             authorization: { type: 'string' },
           },
         },
@@ -70,7 +80,22 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
     },
     async (request, reply) => {
       const { user } = request.params;
-      const { count = 100, index = 0 } = request.query;
+      const { count = 100, index = 0, name } = request.query;
+      // Thinger.io clients filter by product, asset group, … (thinr-cli fans out commands to a
+      // product's devices): there are none here, so such a filter must not list every device.
+      for (const g of GROUPINGS) {
+        const value = request.query[g];
+        if (value)
+          throw new HttpError(
+            404,
+            `${g}_not_found`,
+            `no ${g.replace('_', ' ')} ${value} (this server has none)`,
+          );
+      }
+      const matches = (d: DeviceRecord) =>
+        name === undefined ||
+        d.device.toLowerCase().includes(name.toLowerCase()) ||
+        d.name.toLowerCase().includes(name.toLowerCase());
       const scoped = request.principal?.scope?.devices;
       if (scoped) {
         // A token limited to some devices lists just those.
@@ -78,15 +103,15 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
         for (const d of names) authorize(request.principal!, user, 'read', d);
         const all = names
           .map((d) => ctx.accounts.getDevice(user, d))
-          .filter((d): d is DeviceRecord => d !== undefined)
+          .filter((d): d is DeviceRecord => d !== undefined && matches(d))
           .sort((a, b) => (a.device < b.device ? -1 : 1));
         if (names.length === 0) authorize(request.principal!, user, 'read', '');
         reply.header('x-total-count', String(all.length));
         return all.slice(index, index + count).map(view);
       }
       authorize(request.principal!, user, 'read');
-      reply.header('x-total-count', String(ctx.accounts.countDevices(user)));
-      return ctx.accounts.listDevices(user, count, index).map(view);
+      reply.header('x-total-count', String(ctx.accounts.countDevices(user, name)));
+      return ctx.accounts.listDevices(user, count, index, name).map(view);
     },
   );
 

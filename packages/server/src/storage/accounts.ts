@@ -89,6 +89,13 @@ export class AccountStore {
       getDevice: db.prepare('SELECT * FROM devices WHERE username = ? AND device = ?'),
       listDevices: db.prepare('SELECT * FROM devices WHERE username = ? ORDER BY device LIMIT ? OFFSET ?'),
       countDevices: db.prepare('SELECT count(*) AS n FROM devices WHERE username = ?'),
+      listDevicesMatching: db.prepare(
+        `SELECT * FROM devices WHERE username = ? AND (device LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\')
+         ORDER BY device LIMIT ? OFFSET ?`,
+      ),
+      countDevicesMatching: db.prepare(
+        `SELECT count(*) AS n FROM devices WHERE username = ? AND (device LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\')`,
+      ),
       deleteDevice: db.prepare('DELETE FROM devices WHERE username = ? AND device = ?'),
       recordConnection: db.prepare(
         'UPDATE devices SET last_connected_ts = ?, last_ip = ? WHERE username = ? AND device = ?',
@@ -163,12 +170,21 @@ export class AccountStore {
     return row && toDevice(row);
   }
 
-  listDevices(username: string, count: number, index: number): DeviceRecord[] {
-    return (this.st.listDevices.all(username, count, index) as DeviceRow[]).map(toDevice);
+  /** A page of the user's devices; with `match`, those whose id or name contains it (any case). */
+  listDevices(username: string, count: number, index: number, match?: string): DeviceRecord[] {
+    const rows =
+      match === undefined
+        ? this.st.listDevices.all(username, count, index)
+        : this.st.listDevicesMatching.all(username, likePattern(match), likePattern(match), count, index);
+    return (rows as DeviceRow[]).map(toDevice);
   }
 
-  countDevices(username: string): number {
-    return (this.st.countDevices.get(username) as { n: number }).n;
+  countDevices(username: string, match?: string): number {
+    const row =
+      match === undefined
+        ? this.st.countDevices.get(username)
+        : this.st.countDevicesMatching.get(username, likePattern(match), likePattern(match));
+    return (row as { n: number }).n;
   }
 
   /** Applies the given changes; a new credential hash bumps the credential version. */
@@ -295,4 +311,9 @@ export class AccountStore {
   setSetting(key: string, value: string): void {
     this.st.setSetting.run(key, value);
   }
+}
+
+/** `%text%` for LIKE, with LIKE's own wildcards in `text` taken literally. */
+function likePattern(text: string): string {
+  return `%${text.replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
 }
