@@ -602,4 +602,24 @@ describe('WebSocket API', () => {
       ['data', 'stop'],
     );
   });
+
+  test("BoundedSender: a turn's frames go out in one write (the socket is corked until the event loop's check phase)", async () => {
+    const events: string[] = [];
+    const raw = { cork: () => events.push('cork'), uncork: () => events.push('uncork') };
+    const socket = {
+      readyState: 1,
+      bufferedAmount: 0,
+      send: (d: string) => events.push(`send ${JSON.parse(d).payload}`),
+      terminate: () => {},
+      _socket: raw,
+    } satisfies FrameSink;
+    const out = new BoundedSender(socket, 1000, () => {});
+    for (let i = 0; i < 3; i++) out.send({ resource: 'r', signal: 'data', payload: i });
+    assert.deepEqual(events, ['cork', 'send 0', 'send 1', 'send 2']);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(events.slice(4), ['uncork']);
+    out.send({ resource: 'r', signal: 'data', payload: 3 });
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(events.slice(5), ['cork', 'send 3', 'uncork']);
+  });
 });

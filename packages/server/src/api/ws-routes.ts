@@ -45,6 +45,20 @@ export interface FrameSink {
   readonly bufferedAmount: number;
   send(data: string): void;
   terminate(): void;
+  /** The TCP/TLS socket under a `ws` WebSocket (ws has no public cork), to batch writes. */
+  readonly _socket?: { cork(): void; uncork(): void } | undefined;
+}
+
+/**
+ * Senders whose socket is corked this turn: every frame they send until the check phase of
+ * the event loop goes out in one write (a system call per frame would cost more than the
+ * frame; a busy consumer gets hundreds per turn).
+ */
+let corkedSenders: BoundedSender[] = [];
+function uncorkAll(): void {
+  const batch = corkedSenders;
+  corkedSenders = [];
+  for (const sender of batch) sender.uncork();
 }
 
 export interface WsRoutesOptions {
@@ -83,6 +97,7 @@ interface EventFilters {
  */
 export class BoundedSender {
   dropped = 0;
+  private corked = false;
 
   constructor(
     private readonly socket: FrameSink,
@@ -103,8 +118,21 @@ export class BoundedSender {
       s.terminate();
       return false;
     }
+    const raw = s._socket;
+    if (raw && !this.corked) {
+      raw.cork();
+      this.corked = true;
+      if (corkedSenders.push(this) === 1) setImmediate(uncorkAll);
+    }
     s.send(JSON.stringify(frame));
     return true;
+  }
+
+  /** @internal Ends this turn's batch (uncorkAll). */
+  uncork(): void {
+    if (!this.corked) return;
+    this.corked = false;
+    this.socket._socket?.uncork();
   }
 }
 
