@@ -577,13 +577,23 @@ describe('buckets', { concurrency: true }, () => {
     });
   });
 
-  it('refuses writes with "unavailable" (503) while too many wait to be made durable', async () => {
+  it('refuses writes with "unavailable" (503) while too many wait to be made durable; bounds buckets per user', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'iotmp-buckets-busy-'));
     const db = openDatabase(join(dir, 'b.db'));
     try {
       db.prepare('INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)').run('u', 'x', 0);
-      const store = new BucketStore(db, { maxUnacknowledged: 3, compactIntervalMs: 0, sweepIntervalMs: 0 });
+      const store = new BucketStore(db, {
+        maxUnacknowledged: 3,
+        maxBucketsPerUser: 2,
+        compactIntervalMs: 0,
+        sweepIntervalMs: 0,
+      });
       store.create('u', { bucket: 'b', source: 'write' });
+      store.create('u', { bucket: 'c', source: 'write' });
+      assert.throws(
+        () => store.create('u', { bucket: 'd', source: 'write' }),
+        (err: unknown) => err instanceof BucketError && err.code === 'too_many_buckets' && err.status === 409,
+      );
       const first = store.write('u', 'b', [{ a: 1 }, { a: 2 }]);
       const second = store.write('u', 'b', { a: 3 });
       // Three are waiting (none is durable before the next turn): the fourth is refused at once.

@@ -41,6 +41,7 @@ export type BucketErrorCode =
   | 'invalid_record'
   | 'record_too_large'
   | 'too_many_records'
+  | 'too_many_buckets'
   | 'unavailable';
 
 const STATUS: Record<BucketErrorCode, number> = {
@@ -52,6 +53,7 @@ const STATUS: Record<BucketErrorCode, number> = {
   invalid_record: 400,
   record_too_large: 413,
   too_many_records: 400,
+  too_many_buckets: 409,
   unavailable: 503,
 };
 
@@ -148,6 +150,8 @@ export interface StoredRecord {
 
 /** Largest record, as JSON text (bytes). */
 export const MAX_RECORD_BYTES = 64 * 1024;
+/** Most buckets of one user. */
+export const MAX_BUCKETS_PER_USER = 10_000;
 /** Most records in one write. */
 export const MAX_RECORDS_PER_WRITE = 1000;
 /** Latest timestamp accepted (the largest JavaScript Date). */
@@ -179,6 +183,8 @@ export interface BucketStoreOptions {
    * instead of queued: bounds memory when devices write faster than the disk takes.
    */
   maxUnacknowledged?: number;
+  /** Buckets one user may have (default MAX_BUCKETS_PER_USER). */
+  maxBucketsPerUser?: number;
   /** After each durable group commit: records in it, seconds from commit start to durable. */
   onCommit?: (records: number, seconds: number) => void;
   onWarning?: (message: string, details?: Record<string, unknown>) => void;
@@ -424,7 +430,7 @@ export class BucketStore {
   private readonly compactAt: number;
   private readonly compactChunk: number;
   private readonly sweepBatch: number;
-  /** By user, then bucket id (no key strings to build on the write path). */
+  /** By user, then bucket (no key strings to build on the write path). */
   private readonly byUser = new Map<string, Map<string, BucketState>>();
   private readonly byId = new Map<number, BucketState>();
   private readonly listeners = new Set<(record: BucketRecord, removed: boolean) => void>();
@@ -433,7 +439,7 @@ export class BucketStore {
   private queue: PendingRecord[] = [];
   private waiters: Waiter[] = [];
   private flushScheduled = false;
-  /** Commits waiting for the next fdatasync of the WAL, and whether one is running. */
+  /** Commits waiting for the next fdatasync of the WAL, and how many fdatasyncs are running. */
   private syncWaiters: Array<{ waiters: Waiter[]; records: number; started: number }> = [];
   private syncing = 0;
   /** fd of the WAL file (fdatasync'ed after relaxed commits); -1: commits are synchronous. */
@@ -463,6 +469,7 @@ export class BucketStore {
   /** Records written and not yet acknowledged (queued, or committed and waiting for fdatasync). */
   unacknowledged = 0;
   private readonly maxUnacknowledged: number;
+  private readonly maxBuckets: number;
 
   constructor(
     private readonly db: Db,
@@ -470,10 +477,11 @@ export class BucketStore {
   ) {
     this.now = options.now ?? Date.now;
     this.flushAt = options.flushAt ?? 8192;
-    this.compactAt = options.compactAt ?? 50_000;
+    this.compactAt = options.compactAt ?? 200_000;
     this.compactChunk = options.compactChunk ?? 2000;
     this.sweepBatch = options.sweepBatch ?? 5000;
     this.maxUnacknowledged = options.maxUnacknowledged ?? 200_000;
+    this.maxBuckets = options.maxBucketsPerUser ?? MAX_BUCKETS_PER_USER;
     this.durableLevel = db.pragma('synchronous', { simple: true }) as number;
     this.st = {
       all: db.prepare('SELECT * FROM buckets ORDER BY id'),
@@ -621,6 +629,8 @@ export class BucketStore {
     this.assertOpen();
     if (this.lookup(username, input.bucket))
       throw new BucketError('bucket_exists', `bucket ${input.bucket} already exists`);
+    if ((this.byUser.get(username)?.size ?? 0) >= this.maxBuckets)
+      throw new BucketError('too_many_buckets', `a user may have at most ${this.maxBuckets} buckets`);
     const config = parseConfig(input.source, input.config);
     const retention = parseRetention(input.retention);
     const now = this.now();
