@@ -99,6 +99,7 @@ it('every acknowledged bucket write survives kill -9 of the server', { timeout: 
     IOTMP_HTTP_PORT: String(httpPort),
     IOTMP_TCP_PORT: String(tcpPort),
     IOTMP_TLS_PORT: '0',
+    IOTMP_HTTPS_PORT: '0',
     IOTMP_ADMIN_USER: 'admin',
     IOTMP_ADMIN_PASSWORD: PASSWORD,
     IOTMP_LOG_LEVEL: 'warn',
