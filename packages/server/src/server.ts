@@ -375,7 +375,9 @@ export async function startServer(
   let tcpPort = 0;
   let tlsPort = 0;
   if (config.tcpPort > 0) {
-    const server = net.createServer({ noDelay: true }, (socket) => hub.accept(new SocketTransport(socket)));
+    const server = net.createServer({ noDelay: true }, (socket) =>
+      hub.accept(new SocketTransport(socket, { noDelayIsSet: true })),
+    );
     tcpPort = await listen(server, config.tcpPort, config.host);
     deviceServers.push(server);
   }

@@ -37,9 +37,13 @@ export class SocketTransport implements Transport {
   readonly socket: net.Socket;
   readonly remoteAddress: string | undefined;
 
-  constructor(socket: net.Socket) {
+  /**
+   * `noDelayIsSet`: the listener already disabled Nagle (`net.createServer({ noDelay: true })`),
+   * which saves a system call per accepted connection.
+   */
+  constructor(socket: net.Socket, options?: { noDelayIsSet?: boolean }) {
     this.socket = socket;
-    socket.setNoDelay(true);
+    if (!options?.noDelayIsSet) socket.setNoDelay(true);
     this.remoteAddress =
       socket.remoteAddress === undefined ? undefined : `${socket.remoteAddress}:${socket.remotePort ?? ''}`;
   }
