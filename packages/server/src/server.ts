@@ -247,7 +247,7 @@ export async function startServer(
       status = 400;
       code = 'invalid_request';
       message =
-        `${(err as FastifyError).validationContext ?? 'request'} ${err.message.replace(/^(body|params|querystring|headers)\/?/, '')}`.trim();
+        `${(err as FastifyError).validationContext ?? 'request'} ${err.message.replace(/^(body|params|querystring|headers)(\/|\s+)?/, '')}`.trim();
     } else if (
       typeof (err as FastifyError).statusCode === 'number' &&
       ((err as FastifyError).statusCode as number) < 500
