@@ -76,4 +76,13 @@ describe('Thinger.io API compatibility', () => {
       assert.equal((res.body as { error: { code: string } }).error.code, `${g}_not_found`);
     }
   });
+
+  it("DELETE answers 200 with an empty body and no content type (clients generated from Thinger.io's API fail on 204)", async () => {
+    await t.createDevice('short-lived-compat', 'compat-credential-4');
+    const res = await t.api('DELETE', `/v1/users/${ADMIN}/devices/short-lived-compat`);
+    assert.equal(res.status, 200);
+    assert.equal(res.bytes.length, 0);
+    assert.equal(res.headers.get('content-type'), null);
+    assert.equal((await t.api('GET', `/v1/users/${ADMIN}/devices/short-lived-compat`)).status, 404);
+  });
 });

@@ -3,7 +3,7 @@ import { hashSecret } from '../auth/passwords.js';
 import { authorize } from '../auth/tokens.js';
 import { AlreadyExistsError, type DeviceRecord, type TokenScope } from '../storage/accounts.js';
 import { type AppContext, deviceParams, ID_PATTERN, userParams } from './context.js';
-import { errorSchema, HttpError } from './errors.js';
+import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
 
 const deviceSchema = {
   type: 'object',
@@ -227,7 +227,7 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
       schema: {
         summary: 'Delete a device',
         params: deviceParams,
-        response: { 204: { type: 'null' }, ...errors },
+        response: { 200: deletedSchema, ...errors },
       },
     },
     async (request, reply) => {
@@ -236,7 +236,7 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
       if (!ctx.accounts.deleteDevice(user, device))
         throw new HttpError(404, 'device_not_found', `device ${device} does not exist`);
       ctx.hub.disconnect(user, device);
-      reply.code(204);
+      return sendDeleted(reply);
     },
   );
 
@@ -379,7 +379,7 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
           },
           required: ['user', 'id'],
         },
-        response: { 204: { type: 'null' }, ...errors },
+        response: { 200: deletedSchema, ...errors },
       },
     },
     async (request, reply) => {
@@ -387,7 +387,7 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
       authorize(request.principal!, user, 'admin');
       if (!ctx.accounts.deleteAccessToken(user, id))
         throw new HttpError(404, 'token_not_found', `token ${id} does not exist`);
-      reply.code(204);
+      return sendDeleted(reply);
     },
   );
 }

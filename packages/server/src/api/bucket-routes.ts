@@ -13,7 +13,7 @@ import {
   RETENTION_UNITS,
 } from '../storage/buckets.js';
 import { type AppContext, ID_PATTERN, userParams } from './context.js';
-import { errorSchema, HttpError } from './errors.js';
+import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
 
 const errors = {
   400: errorSchema,
@@ -265,7 +265,7 @@ export function registerBucketRoutes(
       schema: {
         summary: 'Delete a bucket and its records',
         params: bucketParams,
-        response: { 204: { type: 'null' }, ...errors },
+        response: { 200: deletedSchema, ...errors },
       },
     },
     async (request, reply) => {
@@ -273,7 +273,7 @@ export function registerBucketRoutes(
       authorize(request.principal!, user, 'admin');
       if (!store.delete(user, bucket))
         throw new HttpError(404, 'bucket_not_found', `bucket ${bucket} does not exist`);
-      reply.code(204);
+      return sendDeleted(reply);
     },
   );
 

@@ -5,7 +5,7 @@ import { checkJsonTemplate, parseTemplate, TemplateError } from '../endpoints/te
 import { AlreadyExistsError } from '../storage/accounts.js';
 import { type EndpointRecord, HTTP_METHODS, type HttpRequestProfile } from '../storage/endpoints.js';
 import { type AppContext, ID_PATTERN, userParams } from './context.js';
-import { errorSchema, HttpError } from './errors.js';
+import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
 
 /** Endpoints one user may have. */
 export const MAX_ENDPOINTS_PER_USER = 1000;
@@ -305,7 +305,7 @@ export function registerEndpointRoutes(app: FastifyInstance, ctx: AppContext): v
       schema: {
         summary: 'Delete an endpoint',
         params: endpointParams,
-        response: { 204: { type: 'null' }, ...errors },
+        response: { 200: deletedSchema, ...errors },
       },
     },
     async (request, reply) => {
@@ -313,7 +313,7 @@ export function registerEndpointRoutes(app: FastifyInstance, ctx: AppContext): v
       authorize(request.principal!, user, 'admin');
       if (!ctx.endpoints.store.delete(user, endpoint))
         throw new HttpError(404, 'endpoint_not_found', `endpoint ${endpoint} does not exist`);
-      reply.code(204);
+      return sendDeleted(reply);
     },
   );
 

@@ -2,7 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import { authorize } from '../auth/tokens.js';
 import { PropertyError, type PropertyRecord } from '../storage/properties.js';
 import { type AppContext, deviceParams, ID_PATTERN } from './context.js';
-import { errorSchema, HttpError } from './errors.js';
+import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
 
 /*
  * Device properties over REST, in Thinger.io's shape (`/v3/users/{u}/devices/{d}/properties`):
@@ -215,7 +215,7 @@ export function registerPropertyRoutes(app: FastifyInstance, ctx: AppContext): v
       schema: {
         summary: 'Delete a property',
         params: propertyParams,
-        response: { 204: { type: 'null' }, ...errors },
+        response: { 200: deletedSchema, ...errors },
       },
     },
     async (request, reply) => {
@@ -224,7 +224,7 @@ export function registerPropertyRoutes(app: FastifyInstance, ctx: AppContext): v
       deviceMustExist(user, device);
       if (!store.delete(user, device, property))
         throw new HttpError(404, 'property_not_found', `property ${property} does not exist`);
-      reply.code(204);
+      return sendDeleted(reply);
     },
   );
 }
