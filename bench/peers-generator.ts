@@ -1,58 +1,13 @@
-/**
- * The parent's handle on the device generator processes (bench/peers-devices.ts): spawning,
- * connecting a set of devices spread over them, telemetry credit, statistics.
- */
-import { type ChildProcess, fork } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import type { DeviceProtocol, GenCommand, GenEvent, GenStats } from './peers-protocol.js';
-import { note, percentile } from './server-harness.js';
+import { percentile, WorkerProcess } from './server-harness.js';
 import { BENCH_USER } from './sim-protocol.js';
 
 type Connected = Extract<GenEvent, { op: 'connected' }>;
 type StreamsOpen = Extract<GenEvent, { op: 'streams-open' }>;
 
-export class GenProcess {
-  private readonly child: ChildProcess;
-  private readonly waiters = new Map<string, (e: GenEvent) => void>();
-  progress = 0;
-
+export class GenProcess extends WorkerProcess<GenCommand, GenEvent> {
   constructor(readonly id: number) {
-    this.child = fork(fileURLToPath(new URL('./peers-devices.js', import.meta.url)), [], {
-      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-    });
-    this.child.on('message', (e: GenEvent) => {
-      if (e.op === 'progress') {
-        this.progress = e.done;
-        return;
-      }
-      if (e.op === 'error') {
-        note(`generator ${id}: ${e.message}`);
-        return;
-      }
-      const w = this.waiters.get(e.op);
-      if (w) {
-        this.waiters.delete(e.op);
-        w(e);
-      }
-    });
-    this.child.on('exit', (code) => {
-      if (code !== 0 && code !== null) note(`generator ${id} exited with ${code}`);
-    });
-  }
-
-  get pid(): number {
-    return this.child.pid as number;
-  }
-
-  send(cmd: GenCommand): void {
-    this.child.send(cmd);
-  }
-
-  private ask<T extends GenEvent>(cmd: GenCommand, reply: T['op']): Promise<T> {
-    return new Promise((resolve) => {
-      this.waiters.set(reply, resolve as (e: GenEvent) => void);
-      this.child.send(cmd);
-    });
+    super('./peers-devices.js', `generator ${id}`);
   }
 
   init(protocol: DeviceProtocol, port: number): Promise<GenEvent> {

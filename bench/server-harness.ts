@@ -528,23 +528,33 @@ export function seedDevices(dbFile: string, indices: number[]): void {
 
 type ConnectedEvent = Extract<SimEvent, { op: 'connected' }>;
 
-/** One simulator child process (bench/dist/sim-devices.js). */
-export class SimProcess {
-  private readonly child: ChildProcess;
-  private readonly waiters = new Map<string, (e: SimEvent) => void>();
+/** Events every worker child sends besides its replies. */
+type WorkerEvent = { op: string } & (
+  | { op: 'progress'; done: number }
+  | { op: 'error'; message: string }
+  | object
+);
+
+/**
+ * A load-generator child process driven over IPC: commands go out, and `ask` awaits the event
+ * whose `op` answers them; `progress` and `error` events are handled here.
+ */
+export class WorkerProcess<Command, Event extends { op: string }> {
+  protected readonly child: ChildProcess;
+  private readonly waiters = new Map<string, (e: Event) => void>();
   progress = 0;
 
-  constructor(readonly id: number) {
-    this.child = fork(fileURLToPath(new URL('./sim-devices.js', import.meta.url)), [], {
+  constructor(script: string, label: string) {
+    this.child = fork(fileURLToPath(new URL(script, import.meta.url)), [], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
     });
-    this.child.on('message', (e: SimEvent) => {
+    this.child.on('message', (e: Event & WorkerEvent) => {
       if (e.op === 'progress') {
-        this.progress = e.done;
+        this.progress = (e as { done: number }).done;
         return;
       }
       if (e.op === 'error') {
-        note(`simulator ${id}: ${e.message}`);
+        note(`${label}: ${(e as { message: string }).message}`);
         return;
       }
       const w = this.waiters.get(e.op);
@@ -554,7 +564,7 @@ export class SimProcess {
       }
     });
     this.child.on('exit', (code) => {
-      if (code !== 0 && code !== null) note(`simulator ${id} exited with ${code}`);
+      if (code !== 0 && code !== null) note(`${label} exited with ${code}`);
     });
   }
 
@@ -562,15 +572,22 @@ export class SimProcess {
     return this.child.pid as number;
   }
 
-  send(cmd: SimCommand): void {
-    this.child.send(cmd);
+  send(cmd: Command): void {
+    this.child.send(cmd as object);
   }
 
-  private ask<T extends SimEvent>(cmd: SimCommand, reply: T['op']): Promise<T> {
+  protected ask<T extends Event>(cmd: Command, reply: T['op']): Promise<T> {
     return new Promise((resolve) => {
-      this.waiters.set(reply, resolve as (e: SimEvent) => void);
-      this.child.send(cmd);
+      this.waiters.set(reply, resolve as (e: Event) => void);
+      this.child.send(cmd as object);
     });
+  }
+}
+
+/** One simulator child process (bench/dist/sim-devices.js). */
+export class SimProcess extends WorkerProcess<SimCommand, SimEvent> {
+  constructor(readonly id: number) {
+    super('./sim-devices.js', `simulator ${id}`);
   }
 
   init(host: string, port: number, localAddress: string | null): Promise<SimEvent> {
