@@ -647,6 +647,41 @@ describe('session: server resources and subscriptions', () => {
     }
   });
 
+  it('server calls still being answered past the limit stop reading from the peer until half are done', async () => {
+    const waiting: Array<() => void> = [];
+    let taken = 0;
+    const p = await connected(
+      {},
+      {
+        maxServerCallsInFlight: 8,
+        onServerCall: () => {
+          taken++;
+          return new Promise<undefined>((resolve) => waiting.push(() => resolve(undefined)));
+        },
+      },
+    );
+    // Fire-and-forget writes, one per turn (one chunk each): the server must stop at 8.
+    for (let i = 0; i < 20; i++) {
+      p.device.callServerNoReply(5, 'b', { i });
+      await turns(2);
+    }
+    assert.equal(waiting.length, 8, 'calls taken while 8 were unanswered');
+    // 3 answered: 5 still in flight, above half (4): still paused.
+    for (const done of waiting.splice(0, 3)) done();
+    await turns();
+    assert.equal(waiting.length, 5);
+    // One more: 4 in flight = half, reading resumes and the queued calls arrive (up to the limit again).
+    waiting.shift()?.();
+    await turns(10);
+    assert.equal(waiting.length, 8);
+    while (waiting.length > 0) {
+      for (const done of waiting.splice(0)) done();
+      await turns(10);
+    }
+    assert.equal(taken, 20, 'every call was served in the end');
+    assert.equal(p.server.state, 'open', 'the connection stays up');
+  });
+
   it('subscriptions: OK carries the current value, events flow, data flows back, STOP ends it', async () => {
     for (const version of [1, 0] as const) {
       let send: ((v: PsonValue) => void) | undefined;

@@ -130,6 +130,12 @@ export interface SessionOptions {
   requestTimeoutMs?: number;
   /** Requests in flight at once (default 1024). */
   maxPendingRequests?: number;
+  /**
+   * Server calls of the peer (`onServerCall`) still being answered, past which the engine stops
+   * reading from the transport until half of them are done (default 256). A device that sends
+   * writes without waiting for answers is slowed down by TCP instead of queueing without bound.
+   */
+  maxServerCallsInFlight?: number;
   /** Streams open at once, both directions (default 256). */
   maxStreams?: number;
   /** Outgoing bytes waiting for the peer before the connection is closed as a slow reader (default 1 MiB). */
@@ -192,6 +198,7 @@ const DEFAULTS = {
   keepAliveMarginMs: 5000,
   requestTimeoutMs: 30_000,
   maxPendingRequests: 1024,
+  maxServerCallsInFlight: 256,
   maxStreams: 256,
   maxOutgoingBytes: 1 << 20,
   maxInvalidFrames: 10,
@@ -284,6 +291,9 @@ export class Session {
   private nextKeepAliveAt = 0;
   private connectTimer: TimerHandle | undefined;
   private invalidFrames = 0;
+  /** Asynchronous server calls not yet answered; reading pauses at the limit. */
+  private serverCallsInFlight = 0;
+  private readingPaused = false;
   private closeError: SessionError | undefined;
   /** Last input each resource received, for DESCRIBE samples. */
   private lastInput: Map<string, PsonValue> = emptyMap();
@@ -999,12 +1009,38 @@ export class Session {
     try {
       const result = (this.options as Required<Pick<SessionOptions, 'onServerCall'>>).onServerCall(call);
       if (isPromise(result)) {
-        result.then((payload) => this.reply(MessageType.OK, sid, payload), onError);
+        this.serverCallStarted();
+        result.then(
+          (payload) => {
+            this.serverCallDone();
+            this.reply(MessageType.OK, sid, payload);
+          },
+          (err) => {
+            this.serverCallDone();
+            onError(err);
+          },
+        );
       } else {
         this.reply(MessageType.OK, sid, result);
       }
     } catch (err) {
       onError(err);
+    }
+  }
+
+  private serverCallStarted(): void {
+    const max = this.options.maxServerCallsInFlight ?? DEFAULTS.maxServerCallsInFlight;
+    if (++this.serverCallsInFlight >= max && !this.readingPaused && this.transport.pause) {
+      this.readingPaused = true;
+      this.transport.pause();
+    }
+  }
+
+  private serverCallDone(): void {
+    const max = this.options.maxServerCallsInFlight ?? DEFAULTS.maxServerCallsInFlight;
+    if (--this.serverCallsInFlight <= max >> 1 && this.readingPaused && this._state !== 'closed') {
+      this.readingPaused = false;
+      this.transport.resume?.();
     }
   }
 

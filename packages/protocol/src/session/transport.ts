@@ -15,6 +15,12 @@ export interface Transport {
   attach(handler: TransportHandler): void;
   /** Remote address for logs ("127.0.0.1:51234"), if known. */
   readonly remoteAddress?: string | undefined;
+  /**
+   * Stops reading from the peer (TCP backpressure) until `resume`. Optional: a transport that
+   * cannot (the browser's WebSocket) leaves it out and the engine's other limits apply.
+   */
+  pause?(): void;
+  resume?(): void;
 }
 
 export interface TransportHandler {

@@ -97,6 +97,15 @@ export class WebSocketTransport implements Transport {
     this.ws.close(1000);
   }
 
+  /** `ws` (Node) can stop reading its socket; the browser's WebSocket cannot (a no-op there). */
+  pause(): void {
+    (this.ws as unknown as { pause?: () => void }).pause?.();
+  }
+
+  resume(): void {
+    (this.ws as unknown as { resume?: () => void }).resume?.();
+  }
+
   destroy(): void {
     const terminate = (this.ws as unknown as { terminate?: () => void }).terminate;
     if (terminate) terminate.call(this.ws);
