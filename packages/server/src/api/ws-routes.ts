@@ -2,64 +2,59 @@ import type { IncomingMessage } from 'node:http';
 import type { PsonValue } from '@iotmp/pson';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { AuthFailure, authorize, type Principal } from '../auth/tokens.js';
-import type { DeviceStateChange } from '../devices/hub.js';
-import { topicFilterError } from '../events/topics.js';
 import {
   type SharedStreams,
   type StreamFailure,
   StreamNotOpenError,
+  type StreamStop,
   type StreamSubscription,
 } from '../streams/shared-streams.js';
 import { type AppContext, deviceParams, ID_PATTERN, userParams } from './context.js';
 import { errorBody, errorSchema, HttpError } from './errors.js';
-import { jsonToPson, psonToJson } from './json.js';
+import { jsonToPson } from './json.js';
+import {
+  BoundedSender,
+  checkKeys,
+  errorPayload,
+  FrameError,
+  type FrameSink,
+  frameBytes,
+  parseFrame,
+  payloadJson,
+} from './ws-common.js';
+import { type EventsDialect, serveEvents } from './ws-events.js';
+
+export { BoundedSender, type FrameSink, type ServerFrame } from './ws-common.js';
 
 /*
  * The WebSocket API.
  *
  * - `/v3/users/{u}/devices/{d}/resources/{res}?interval=N`: one resource. N in seconds
  *   (fractions allowed, at least 0.1); no interval (or 0) = the device's own events.
+ *   `cmd`, `timeout` (seconds), `cols`, `rows` go to the device as START_STREAM parameters
+ *   (thinr-cli's `$cmd/{session}?cmd=…&timeout=…` command streams; only subscribers with the
+ *   same parameters share a device stream). `raw=1`: no JSON envelope — device strings and
+ *   bytes arrive as text and binary frames, client text and binary frames go to the device as
+ *   strings and bytes (thinr-cli's `$terminal/{session}?raw=1` console). Such session sockets
+ *   (raw, or with parameters) are refused (404 device_offline) when the device is not
+ *   connected, and close when their stream stops (1000: the device ended it; 4503: the
+ *   device disconnected), after a stop frame when not raw: re-opening would start the
+ *   session (the command) again.
  * - `/v3/users/{u}/devices/{d}/resources`: many resources, driven by control frames
- *   `{"resource", "interval"?, "enabled"?}` (`enabled: false` removes one).
- * - `/v2/users/{u}/events`: server events, subscribed with `{"event", "filters"?, "enabled"?}`.
+ *   `{"resource", "interval"?, "enabled"?}` (`enabled: false` removes one; interval in
+ *   seconds, as Node-RED's thinger-server node sends it).
+ * - `/v2/users/{u}/events` and `/v1/users/{u}/events`: server events (ws-events.ts), among
+ *   them `device_resource_stream`, a resource of every matching device.
  *
- * Server frames: `{resource|event, signal: "start"|"stop"|"data"|"error", payload}`.
- * Client frames `{resource, payload}` go to the device as STREAM_DATA on that resource's
- * stream (on the one-resource socket `resource` may be left out).
+ * Server frames: `{resource|event, signal: "start"|"stop"|"data"|"error", payload}`; binary
+ * inside a payload is `{"bytes": [...]}`, as Thinger.io writes it. Client frames
+ * `{resource, payload}` go to the device as STREAM_DATA on that resource's stream (on the
+ * one-resource socket `resource` may be left out); input sent before the device stream first
+ * opened waits for it (bounded).
  *
  * The two /v3 paths also serve plain HTTP GET (resource-routes.ts). A route constraint on
  * the Upgrade header sends WebSocket upgrades to the routes here and everything else there.
  */
-
-/** Server → client frame. */
-export interface ServerFrame {
-  resource?: string;
-  event?: string;
-  signal: 'start' | 'stop' | 'data' | 'error';
-  payload?: unknown;
-}
-
-/** The part of a `ws` WebSocket the bounded sender needs. */
-export interface FrameSink {
-  readonly readyState: number;
-  readonly bufferedAmount: number;
-  send(data: string): void;
-  terminate(): void;
-  /** The TCP/TLS socket under a `ws` WebSocket (ws has no public cork), to batch writes. */
-  readonly _socket?: { cork(): void; uncork(): void } | undefined;
-}
-
-/**
- * Senders whose socket is corked this turn: every frame they send until the check phase of
- * the event loop goes out in one write (a system call per frame would cost more than the
- * frame; a busy consumer gets hundreds per turn).
- */
-let corkedSenders: BoundedSender[] = [];
-function uncorkAll(): void {
-  const batch = corkedSenders;
-  corkedSenders = [];
-  for (const sender of batch) sender.uncork();
-}
 
 export interface WsRoutesOptions {
   /** The shared stream manager to use (default: a new one on ctx.hub, closed with the app). */
@@ -68,73 +63,16 @@ export interface WsRoutesOptions {
   maxBufferedBytes?: number;
 }
 
-const OPEN = 1;
 /** Smallest interval a subscriber may ask for (ms). */
 const MIN_INTERVAL_MS = 100;
 const MAX_INTERVAL_SECONDS = 86_400;
 /** Resources one multi-resource socket may subscribe to. */
 const MAX_SUBSCRIPTIONS = 64;
 const MAX_RESOURCE_LENGTH = 1024;
+/** Input a one-resource socket may queue before its device stream first opens. */
+const MAX_PENDING_INPUTS = 1024;
+const MAX_PENDING_BYTES = 1 << 20;
 const WS_CONSTRAINT = 'iotmpWebSocketUpgrade';
-const EVENTS = ['device_state_change', 'device_property_update', 'device_topic_publish'] as const;
-type EventName = (typeof EVENTS)[number];
-/** The filters each event takes (topic: an MQTT filter, required). */
-const EVENT_FILTERS: Record<EventName, readonly string[]> = {
-  device_state_change: ['device'],
-  device_property_update: ['device', 'property'],
-  device_topic_publish: ['topic'],
-};
-interface EventFilters {
-  device?: string;
-  property?: string;
-  topic?: string;
-}
-
-/**
- * Sends JSON frames to one consumer, never queueing without bound: past `maxBufferedBytes`
- * unread, data frames are dropped (and counted); past four times that (only control frames
- * could get there), the consumer is cut off.
- */
-export class BoundedSender {
-  dropped = 0;
-  private corked = false;
-
-  constructor(
-    private readonly socket: FrameSink,
-    private readonly maxBufferedBytes: number,
-    private readonly onDrop: () => void,
-  ) {}
-
-  /** Data frames may be dropped; returns whether the frame was sent. */
-  send(frame: ServerFrame): boolean {
-    const s = this.socket;
-    if (s.readyState !== OPEN) return false;
-    if (frame.signal === 'data' && s.bufferedAmount >= this.maxBufferedBytes) {
-      this.dropped++;
-      this.onDrop();
-      return false;
-    }
-    if (s.bufferedAmount >= this.maxBufferedBytes * 4) {
-      s.terminate();
-      return false;
-    }
-    const raw = s._socket;
-    if (raw && !this.corked) {
-      raw.cork();
-      this.corked = true;
-      if (corkedSenders.push(this) === 1) setImmediate(uncorkAll);
-    }
-    s.send(JSON.stringify(frame));
-    return true;
-  }
-
-  /** @internal Ends this turn's batch (uncorkAll). */
-  uncork(): void {
-    if (!this.corked) return;
-    this.corked = false;
-    this.socket._socket?.uncork();
-  }
-}
 
 /** A WebSocket interval (seconds) in ms; 0 = no interval (events). A string says what is wrong. */
 export function intervalMs(value: unknown): number | string {
@@ -150,46 +88,6 @@ export function intervalMs(value: unknown): number | string {
   return ms;
 }
 
-class FrameError extends Error {
-  constructor(
-    readonly code: string,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-/** A client frame as a JSON object, or FrameError. */
-function parseFrame(data: unknown, isBinary: boolean, maxBytes: number): Record<string, unknown> {
-  if (isBinary) throw new FrameError('invalid_frame', 'binary frames are not accepted: send JSON text');
-  const buf = Array.isArray(data)
-    ? Buffer.concat(data as Buffer[])
-    : Buffer.isBuffer(data)
-      ? data
-      : Buffer.from(data as ArrayBuffer);
-  if (buf.byteLength > maxBytes)
-    throw new FrameError('frame_too_large', `frame of ${buf.byteLength} bytes exceeds ${maxBytes} bytes`);
-  let value: unknown;
-  try {
-    value = JSON.parse(buf.toString('utf8'));
-  } catch {
-    throw new FrameError('invalid_frame', 'frame is not valid JSON');
-  }
-  if (!isPlainObject(value)) throw new FrameError('invalid_frame', 'frame must be a JSON object');
-  return value;
-}
-
-function checkKeys(frame: Record<string, unknown>, allowed: readonly string[]): void {
-  for (const k of Object.keys(frame)) {
-    if (!allowed.includes(k))
-      throw new FrameError('invalid_frame', `unknown field "${k}" (expected ${allowed.join(', ')})`);
-  }
-}
-
 function resourceOf(frame: Record<string, unknown>): string {
   const r = frame.resource;
   if (typeof r !== 'string' || r.length === 0 || r.length > MAX_RESOURCE_LENGTH)
@@ -198,12 +96,6 @@ function resourceOf(frame: Record<string, unknown>): string {
       `resource must be a non-empty string of at most ${MAX_RESOURCE_LENGTH} characters`,
     );
   return r;
-}
-
-function errorPayload(err: unknown): { code: string; message: string } {
-  if (err instanceof FrameError || err instanceof AuthFailure)
-    return { code: err.code, message: err.message };
-  return { code: 'internal_error', message: 'internal error' };
 }
 
 function isUpgrade(req: IncomingMessage): boolean {
@@ -230,6 +122,52 @@ const CLOSE_CODE: Record<StreamFailure['code'], number> = {
   device_timeout: 4504,
   too_many_streams: 4429,
 };
+/** Session sockets (raw, or with stream parameters) close when their stream stops. */
+const SESSION_STOP_CODE: Record<StreamStop['code'], number> = {
+  stream_ended: 1000,
+  device_offline: 4503,
+};
+
+/** Bytes of a received message (ws hands a Buffer, an ArrayBuffer or fragments). */
+function byteLengthOf(data: unknown): number {
+  if (Array.isArray(data)) return data.reduce((n: number, b: Buffer) => n + b.byteLength, 0);
+  return (data as { byteLength?: number }).byteLength ?? 0;
+}
+
+/** The query parameters of a one-resource socket that go to the device in START_STREAM. */
+const STREAM_PARAMETERS = ['cmd', 'timeout', 'cols', 'rows'] as const;
+
+interface OneQuery {
+  interval?: number;
+  raw?: string;
+  cmd?: string;
+  timeout?: number;
+  cols?: number;
+  rows?: number;
+}
+
+function isRaw(query: OneQuery): boolean {
+  return query.raw === '1' || query.raw === 'true';
+}
+
+/**
+ * A one-resource socket is a session (thinr-cli's console or command) when raw or given
+ * stream parameters: it needs the device connected when it opens, and ends with its stream.
+ */
+function isSession(query: OneQuery): boolean {
+  return isRaw(query) || streamParameters(query) !== undefined;
+}
+
+function streamParameters(query: OneQuery): Record<string, PsonValue> | undefined {
+  let out: Record<string, PsonValue> | undefined;
+  for (const k of STREAM_PARAMETERS) {
+    const v = query[k];
+    if (v === undefined) continue;
+    out ??= {};
+    out[k] = v;
+  }
+  return out;
+}
 
 export function registerWsRoutes(
   app: FastifyInstance,
@@ -266,15 +204,6 @@ export function registerWsRoutes(
       throw new HttpError(404, 'device_not_found', `device ${device} does not exist`);
   };
 
-  const mayRead = (principal: Principal, user: string, device: string, resource?: string): boolean => {
-    try {
-      authorize(principal, user, 'read', device, resource);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-
   const wsOnly = async (
     _request: FastifyRequest,
     reply: { code(n: number): { send(b: unknown): unknown } },
@@ -282,10 +211,24 @@ export function registerWsRoutes(
 
   const errors = { 400: errorSchema, 401: errorSchema, 403: errorSchema, 404: errorSchema };
 
+  const sendToDevice = (subscription: StreamSubscription, payload: PsonValue) => {
+    try {
+      subscription.send(payload);
+    } catch (err) {
+      if (err instanceof StreamNotOpenError)
+        throw new FrameError('stream_not_open', 'the device stream is not open (device offline?)');
+      throw new FrameError('device_error', err instanceof Error ? err.message : String(err));
+    }
+  };
+
+  /** `{"resource":…,"signal":"data","payload":` — a data frame is this, the payload's JSON, `}`. */
+  const dataPrefix = (resource: string) =>
+    `{"resource":${JSON.stringify(resource)},"signal":"data","payload":`;
+
   // --- one resource ----------------------------------------------------------------------
   type OneRequest = FastifyRequest<{
     Params: { user: string; device: string; '*': string };
-    Querystring: { interval?: number };
+    Querystring: OneQuery;
   }>;
   app.route({
     method: 'GET',
@@ -308,6 +251,11 @@ export function registerWsRoutes(
         properties: {
           interval: { type: 'number' },
           authorization: { type: 'string' },
+          raw: { type: 'string', enum: ['', '0', '1', 'true', 'false'] },
+          cmd: { type: 'string', maxLength: 4096 },
+          timeout: { type: 'integer', minimum: 0, maximum: MAX_INTERVAL_SECONDS },
+          cols: { type: 'integer', minimum: 1, maximum: 10_000 },
+          rows: { type: 'integer', minimum: 1, maximum: 10_000 },
         },
         additionalProperties: false,
       },
@@ -319,6 +267,9 @@ export function registerWsRoutes(
       deviceMustExist(params.user, params.device);
       const ms = intervalMs(query.interval);
       if (typeof ms === 'string') throw new HttpError(400, 'invalid_request', ms);
+      // A session (console, command) needs its device now: it would not resume later.
+      if (isSession(query) && !ctx.hub.get(params.user, params.device))
+        throw new HttpError(404, 'device_offline', `device ${params.device} is not connected`);
     },
     handler: wsOnly,
     wsHandler: (socket, req) => {
@@ -326,44 +277,108 @@ export function registerWsRoutes(
       const { user, device } = request.params;
       const resource = request.params['*'];
       const principal = principalOf(req);
-      const ms = intervalMs(request.query.interval) as number;
+      const query = request.query;
+      const ms = intervalMs(query.interval) as number;
+      const raw = isRaw(query);
+      const parameters = streamParameters(query);
+      const session = isSession(query);
       const out = sender(socket);
       const interval = ms > 0 ? ms / 1000 : null;
-      const subscription = streams.subscribe(user, device, resource, ms, {
-        onStart: () => out.send({ resource, signal: 'start', payload: { interval } }),
-        onData: (payload) => out.send({ resource, signal: 'data', payload: psonToJson(payload) }),
-        onStop: (stop) => out.send({ resource, signal: 'stop', payload: stop }),
-        onError: (failure) => {
-          out.send({ resource, signal: 'error', payload: failure });
-          socket.close(CLOSE_CODE[failure.code], closeReason(failure.message));
+      const prefix = dataPrefix(resource);
+      // Input that arrives before the device stream first opened waits for it.
+      let pending: PsonValue[] | undefined = [];
+      let pendingBytes = 0;
+      let subscription: StreamSubscription | undefined;
+
+      const fail = (err: unknown) => {
+        if (!raw) {
+          out.send({ resource, signal: 'error', payload: errorPayload(err) });
+          return;
+        }
+        const { code, message } = errorPayload(err);
+        socket.close(code === 'frame_too_large' ? 1009 : 1008, closeReason(message));
+      };
+      const flushPending = () => {
+        const queued = pending;
+        pending = undefined;
+        if (!queued || !subscription) return;
+        for (const p of queued) {
+          try {
+            sendToDevice(subscription, p);
+          } catch (err) {
+            fail(err);
+            return;
+          }
+        }
+      };
+      const input = (payload: PsonValue, bytes: number) => {
+        if (pending) {
+          pendingBytes += bytes;
+          if (pending.length >= MAX_PENDING_INPUTS || pendingBytes > MAX_PENDING_BYTES)
+            throw new FrameError(
+              'too_much_input',
+              'too much input before the device stream opened: wait for its start',
+            );
+          pending.push(payload);
+          return;
+        }
+        sendToDevice(subscription as StreamSubscription, payload);
+      };
+      const sendRawPayload = (payload: PsonValue | undefined) => {
+        if (payload === undefined || payload === null) return;
+        if (payload instanceof Uint8Array) out.sendRaw(Buffer.from(payload), true);
+        else out.sendRaw(typeof payload === 'string' ? payload : payloadJson(payload), true);
+      };
+
+      subscription = streams.subscribe(
+        user,
+        device,
+        resource,
+        ms,
+        {
+          onStart: () => {
+            if (!raw) out.send({ resource, signal: 'start', payload: { interval } });
+            if (pending) queueMicrotask(flushPending);
+          },
+          onData: raw ? sendRawPayload : (payload) => out.sendRaw(`${prefix}${payloadJson(payload)}}`, true),
+          onStop: (stop) => {
+            pending = undefined;
+            if (!raw) out.send({ resource, signal: 'stop', payload: stop });
+            // A session is over when its stream stops (re-opening it would run the command again).
+            if (session) {
+              subscription?.close();
+              socket.close(SESSION_STOP_CODE[stop.code], closeReason(stop.message));
+            }
+          },
+          onError: (failure) => {
+            if (!raw) out.send({ resource, signal: 'error', payload: failure });
+            socket.close(CLOSE_CODE[failure.code], closeReason(failure.message));
+          },
         },
-      });
-      socket.on('close', () => subscription.close());
+        parameters ? { parameters } : undefined,
+      );
+      socket.on('close', () => subscription?.close());
       socket.on('message', (data, isBinary) => {
         try {
+          if (raw) {
+            const buf = frameBytes(data, maxFrameBytes);
+            authorize(principal, user, 'call', device, resource);
+            input(isBinary ? new Uint8Array(buf) : buf.toString('utf8'), buf.byteLength);
+            return;
+          }
           const frame = parseFrame(data, isBinary, maxFrameBytes);
           checkKeys(frame, ['resource', 'payload']);
           if (frame.resource !== undefined && frame.resource !== resource)
             throw new FrameError('invalid_frame', `this socket streams ${resource} only`);
           if (!('payload' in frame)) throw new FrameError('invalid_frame', 'frame needs a payload');
           authorize(principal, user, 'call', device, resource);
-          sendToDevice(subscription, frame.payload);
+          input(jsonToPson(frame.payload), byteLengthOf(data));
         } catch (err) {
-          out.send({ resource, signal: 'error', payload: errorPayload(err) });
+          fail(err);
         }
       });
     },
   });
-
-  const sendToDevice = (subscription: StreamSubscription, payload: unknown) => {
-    try {
-      subscription.send(jsonToPson(payload) as PsonValue);
-    } catch (err) {
-      if (err instanceof StreamNotOpenError)
-        throw new FrameError('stream_not_open', 'the device stream is not open (device offline?)');
-      throw new FrameError('device_error', err instanceof Error ? err.message : String(err));
-    }
-  };
 
   // --- many resources --------------------------------------------------------------------
   type ManyRequest = FastifyRequest<{ Params: { user: string; device: string } }>;
@@ -408,9 +423,10 @@ export function registerWsRoutes(
         // Callbacks may run before subscribe() returns: they use the entry, not its sub.
         const entry: Entry = { sub: undefined, ms };
         subs.set(resource, entry);
+        const prefix = dataPrefix(resource);
         entry.sub = streams.subscribe(user, device, resource, ms, {
           onStart: () => out.send({ resource, signal: 'start', payload: { interval: seconds(entry.ms) } }),
-          onData: (payload) => out.send({ resource, signal: 'data', payload: psonToJson(payload) }),
+          onData: (payload) => out.sendRaw(`${prefix}${payloadJson(payload)}}`, true),
           onStop: (stop) => out.send({ resource, signal: 'stop', payload: stop }),
           onError: (failure) => {
             if (subs.get(resource) === entry) subs.delete(resource);
@@ -437,7 +453,7 @@ export function registerWsRoutes(
             authorize(principal, user, 'call', device, resource);
             const sub = subs.get(resource)?.sub;
             if (!sub) throw new FrameError('not_subscribed', `subscribe to ${resource} before sending to it`);
-            sendToDevice(sub, frame.payload);
+            sendToDevice(sub, jsonToPson(frame.payload));
             return;
           }
           if (frame.enabled !== undefined && typeof frame.enabled !== 'boolean')
@@ -484,155 +500,47 @@ export function registerWsRoutes(
 
   // --- events ----------------------------------------------------------------------------
   type EventsRequest = FastifyRequest<{ Params: { user: string } }>;
-  app.route({
-    method: 'GET',
-    url: '/v2/users/:user/events',
-    schema: {
-      summary:
-        'WebSocket: server events (device_state_change, device_property_update, device_topic_publish). Send {"event", "filters"?, "enabled"?}; plain HTTP answers 426',
-      params: userParams,
-      querystring: {
-        type: 'object',
-        properties: { authorization: { type: 'string' } },
-        additionalProperties: false,
+  const eventsRoute = (dialect: EventsDialect) =>
+    app.route({
+      method: 'GET',
+      url: `/${dialect}/users/:user/events`,
+      schema: {
+        summary:
+          dialect === 'v2'
+            ? 'WebSocket: server events (device_state_change, device_property_update, device_topic_publish, device_resource_stream). Send {"event", "filters"?, "params"?, "enabled"?}; plain HTTP answers 426'
+            : 'WebSocket: server events, Thinger.io v1 form (flat filters, patterns). Send {"event", <filter>: <value>…}; plain HTTP answers 426',
+        params: userParams,
+        querystring: {
+          type: 'object',
+          properties: { authorization: { type: 'string' } },
+          additionalProperties: false,
+        },
+        response: { ...errors, 426: errorSchema },
       },
-      response: { ...errors, 426: errorSchema },
-    },
-    preHandler: async (request: FastifyRequest) => {
-      const { user } = (request as EventsRequest).params;
-      // Device-limited tokens may listen too: they only see events of their devices.
-      if (principalOf(request).username !== user)
-        throw new AuthFailure("the token does not give access to this user's data", 403, 'forbidden');
-    },
-    handler: async (_request, reply) =>
-      reply
-        .code(426)
-        .header('upgrade', 'websocket')
-        .send(errorBody('upgrade_required', 'this route is a WebSocket: connect with Upgrade: websocket')),
-    wsHandler: (socket, req) => {
-      const { user } = (req as unknown as EventsRequest).params;
-      const principal = principalOf(req);
-      const out = sender(socket);
-      const subscriptions = new Map<EventName, EventFilters>();
-      let topicSubscription: (() => void) | undefined;
-      const onChange = (change: DeviceStateChange) => {
-        if (change.username !== user) return;
-        const filters = subscriptions.get('device_state_change');
-        if (!filters) return;
-        if (filters.device !== undefined && filters.device !== change.device) return;
-        if (!mayRead(principal, user, change.device)) return;
-        out.send({
-          event: 'device_state_change',
-          signal: 'data',
-          payload: {
-            device: change.device,
-            connected: change.connected,
-            ts: change.ts,
-            ...(change.ip !== undefined ? { ip: change.ip } : {}),
-            ...(change.reason !== undefined ? { reason: change.reason } : {}),
-          },
-        });
-      };
-      const unlisten = ctx.hub.onStateChange(onChange);
-      const unlistenProperties = ctx.events.subscribe(user, 'device_property_update', (change) => {
-        const filters = subscriptions.get('device_property_update');
-        if (!filters) return;
-        if (filters.device !== undefined && filters.device !== change.device) return;
-        if (filters.property !== undefined && filters.property !== change.property) return;
-        if (!mayRead(principal, user, change.device)) return;
-        out.send({ event: 'device_property_update', signal: 'data', payload: change });
-      });
-      const subscribeTopic = (filter: string) => {
-        topicSubscription?.();
-        const topicMessage = (m: { topic: string; payload: PsonValue }, retained: boolean) =>
-          out.send({
-            event: 'device_topic_publish',
-            signal: 'data',
-            payload: { topic: m.topic, payload: psonToJson(m.payload), ...(retained ? { retained } : {}) },
-          });
-        const sub = ctx.topics.subscribe(user, filter, (m) => topicMessage(m, false));
-        topicSubscription = sub.unsubscribe;
-        return () => {
-          for (const m of sub.retained) topicMessage(m, true);
-        };
-      };
-      socket.on('close', () => {
-        unlisten();
-        unlistenProperties();
-        topicSubscription?.();
-      });
-      socket.on('message', (data, isBinary) => {
-        let event: string | undefined;
-        try {
-          const frame = parseFrame(data, isBinary, maxFrameBytes);
-          if (typeof frame.event === 'string' && frame.event.length <= 64) event = frame.event;
-          checkKeys(frame, ['event', 'filters', 'enabled']);
-          if (typeof frame.event !== 'string' || !(EVENTS as readonly string[]).includes(frame.event))
-            throw new FrameError('unknown_event', `event must be one of: ${EVENTS.join(', ')}`);
-          const name = frame.event as EventName;
-          if (frame.enabled !== undefined && typeof frame.enabled !== 'boolean')
-            throw new FrameError('invalid_frame', 'enabled must be true or false');
-          if (frame.enabled === false) {
-            if (!subscriptions.delete(name))
-              throw new FrameError('not_subscribed', `not subscribed to ${name}`);
-            if (name === 'device_topic_publish') {
-              topicSubscription?.();
-              topicSubscription = undefined;
-            }
-            out.send({
-              event: name,
-              signal: 'stop',
-              payload: { code: 'unsubscribed', message: `unsubscribed from ${name}` },
-            });
-            return;
-          }
-          const filters: EventFilters = {};
-          const allowed = EVENT_FILTERS[name];
-          if (frame.filters !== undefined && frame.filters !== null) {
-            if (!isPlainObject(frame.filters))
-              throw new FrameError('invalid_frame', `filters must be an object with ${allowed.join(', ')}`);
-            for (const [k, v] of Object.entries(frame.filters)) {
-              if (!allowed.includes(k))
-                throw new FrameError(
-                  'invalid_frame',
-                  `unknown filter "${k}" (expected ${allowed.join(', ')})`,
-                );
-              if (k === 'topic') {
-                const error = topicFilterError(v);
-                if (error) throw new FrameError('invalid_frame', `filters.topic: ${error}`);
-              } else if (typeof v !== 'string' || !new RegExp(ID_PATTERN).test(v))
-                throw new FrameError(
-                  'invalid_frame',
-                  `filters.${k} must be ${k === 'device' ? 'a device' : 'a property'} id`,
-                );
-              filters[k as keyof EventFilters] = v as string;
-            }
-          }
-          if (filters.device !== undefined) authorize(principal, user, 'read', filters.device);
-          let sendRetained: (() => void) | undefined;
-          if (name === 'device_topic_publish') {
-            if (filters.topic === undefined)
-              throw new FrameError(
-                'invalid_frame',
-                'filters.topic is required, e.g. {"topic": "sensors/+/temperature"}',
-              );
-            // Topics are not a device's: tokens limited to some devices do not reach them.
-            authorize(principal, user, 'read');
-            sendRetained = subscribeTopic(filters.topic);
-          }
-          subscriptions.set(name, filters);
-          out.send({ event: name, signal: 'start', payload: { filters } });
-          sendRetained?.();
-        } catch (err) {
-          out.send({
-            ...(event !== undefined ? { event } : {}),
-            signal: 'error',
-            payload: errorPayload(err),
-          });
-        }
-      });
-    },
-  });
+      preHandler: async (request: FastifyRequest) => {
+        const { user } = (request as EventsRequest).params;
+        // Device-limited tokens may listen too: they only see events of their devices.
+        if (principalOf(request).username !== user)
+          throw new AuthFailure("the token does not give access to this user's data", 403, 'forbidden');
+      },
+      handler: async (_request, reply) =>
+        reply
+          .code(426)
+          .header('upgrade', 'websocket')
+          .send(errorBody('upgrade_required', 'this route is a WebSocket: connect with Upgrade: websocket')),
+      wsHandler: (socket, req) =>
+        serveEvents(socket, {
+          ctx,
+          streams,
+          user: (req as unknown as EventsRequest).params.user,
+          principal: principalOf(req),
+          dialect,
+          out: sender(socket),
+          maxFrameBytes,
+        }),
+    });
+  eventsRoute('v2');
+  eventsRoute('v1');
 
   return { streams };
 }

@@ -118,6 +118,8 @@ interface Group {
   readonly username: string;
   readonly device: string;
   readonly resource: string;
+  /** Extra START_STREAM parameters (besides the interval); part of the group's identity. */
+  readonly parameters: PsonValue | undefined;
   readonly subs: Set<Sub>;
   state: GroupState;
   /** Identifies the current device stream; callbacks of older streams are ignored. */
@@ -197,6 +199,8 @@ export class SharedStreams {
   /**
    * Subscribes to `resource` of a device. `intervalMs` 0 (or absent) = every sample the device
    * sends (its own events, plus the periodic samples other subscribers asked for).
+   * `options.parameters` (an object) go to the device in START_STREAM besides the interval;
+   * only subscribers with the same parameters share a device stream.
    */
   subscribe(
     username: string,
@@ -204,9 +208,14 @@ export class SharedStreams {
     resource: string,
     intervalMs: number | undefined,
     subscriber: StreamSubscriber,
+    options?: { parameters?: Record<string, PsonValue> | undefined },
   ): StreamSubscription {
     if (this.closed) throw new Error('shared streams are closed');
-    const k = key(username, device, resource);
+    const parameters = options?.parameters;
+    const k =
+      parameters === undefined
+        ? key(username, device, resource)
+        : key(username, device, resource, JSON.stringify(parameters));
     let g = this.groups.get(k);
     if (!g) {
       g = {
@@ -215,6 +224,7 @@ export class SharedStreams {
         username,
         device,
         resource,
+        parameters,
         subs: new Set(),
         state: 'idle',
         token: undefined,
@@ -381,7 +391,11 @@ export class SharedStreams {
     try {
       stream = await session.openStream(
         g.resource,
-        { intervalMs: want > 0 ? want : undefined, timeoutMs: this.openTimeoutMs },
+        {
+          intervalMs: want > 0 ? want : undefined,
+          timeoutMs: this.openTimeoutMs,
+          ...(g.parameters !== undefined ? { parameters: g.parameters } : {}),
+        },
         {
           onData: (payload) => this.onData(g, token, payload),
           onClose: (reason) => this.onStreamClosed(g, token, reason),

@@ -1,0 +1,473 @@
+import type { PsonValue } from '@iotmp/pson';
+import type { WebSocket } from 'ws';
+import { authorize, type Principal } from '../auth/tokens.js';
+import type { DeviceStateChange } from '../devices/hub.js';
+import { topicFilterError } from '../events/topics.js';
+import type { SharedStreams } from '../streams/shared-streams.js';
+import { type AppContext, ID_PATTERN } from './context.js';
+import { psonToJson } from './json.js';
+import {
+  type BoundedSender,
+  checkKeys,
+  errorPayload,
+  FrameError,
+  isPlainObject,
+  mayRead,
+  parseFrame,
+  wsJson,
+} from './ws-common.js';
+import { compilePattern, type Matcher, PatternError } from './ws-pattern.js';
+import { RESOURCE_STREAM, type ResourceStreamSpec, ResourceStreams } from './ws-resource-stream.js';
+
+/*
+ * The events WebSocket, in its two dialects:
+ *
+ * - v2 (`/v2/users/{u}/events`): `{"event", "filters"?: {…}, "params"?: {"interval": ms},
+ *   "enabled"?}`; filters are exact ids; answers `{event, signal: start|stop|data|error,
+ *   payload}` (device_state_change data also carries Thinger.io's top-level `user`, `device`,
+ *   `state`, `ts`, which thinr-cli's dashboard reads).
+ * - v1 (`/v1/users/{u}/events`, Thinger.io's older API that the Node-RED and n8n nodes use):
+ *   flat subscriptions `{"event": "device_state_change", "device": "esp.*", "state":
+ *   "disconnected"}` whose `event` and filters may be basic patterns (ws-pattern.ts) and whose
+ *   unknown keys are ignored; events arrive flat, `{event, user, device, state, ts}`, with no
+ *   acknowledgement (those tools pass every frame on to their flows); refusals are
+ *   `{"success": false, "error": {code, message}}`.
+ *
+ * `device_resource_stream` (both): `{"event": "device_resource_stream", "filters":
+ * {"resource", "device"?, "product"?, …}, "params": {"interval": ms}}` streams one resource of
+ * every connected matching device (ws-resource-stream.ts): acknowledged with `{event, signal:
+ * "start", registered: true, payload: {filters, params?}}`, then `{event, signal: "data", user,
+ * device, resource, ts, payload}` per sample.
+ */
+
+export type EventsDialect = 'v1' | 'v2';
+
+const EVENTS = [
+  'device_state_change',
+  'device_property_update',
+  'device_topic_publish',
+  RESOURCE_STREAM,
+] as const;
+type EventName = (typeof EVENTS)[number];
+type SimpleEvent = 'device_state_change' | 'device_property_update' | 'device_topic_publish';
+
+/** Product / asset filters: devices here have none, so a non-empty one matches nothing. */
+const GROUPINGS = ['product', 'asset_type', 'asset_group', 'project'] as const;
+/** The filters each event takes (topic: an MQTT filter, required; resource: required). */
+const EVENT_FILTERS: Record<EventName, readonly string[]> = {
+  device_state_change: ['device', 'state', ...GROUPINGS],
+  device_property_update: ['device', 'property', ...GROUPINGS],
+  device_topic_publish: ['topic'],
+  device_resource_stream: ['resource', 'device', ...GROUPINGS],
+};
+const STATES = ['connected', 'disconnected', 'resumed', 'awake', 'asleep'];
+const MAX_RESOURCE_LENGTH = 1024;
+const MAX_EVENT_LENGTH = 128;
+/** Resource subscriptions one events socket may hold. */
+const MAX_RESOURCE_SUBSCRIPTIONS = 64;
+const MIN_INTERVAL_MS = 100;
+const MAX_INTERVAL_MS = 86_400_000;
+
+interface Filters {
+  device?: Matcher;
+  property?: Matcher;
+  state?: Matcher;
+  topic?: string;
+  resource?: string;
+  /** A product / asset filter no device matches. */
+  nothing: boolean;
+  /** The filters as given (validated), for acknowledgements and subscription keys. */
+  echo: Record<string, string>;
+}
+
+const exact =
+  (want: string): Matcher =>
+  (value) =>
+    value === want;
+
+export interface EventsSocketOptions {
+  ctx: AppContext;
+  streams: SharedStreams;
+  user: string;
+  principal: Principal;
+  dialect: EventsDialect;
+  out: BoundedSender;
+  maxFrameBytes: number;
+}
+
+/** Serves one events WebSocket until it closes. */
+export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
+  const { ctx, user, principal, dialect, out } = o;
+  const v1 = dialect === 'v1';
+  const subscriptions = new Map<SimpleEvent, Filters>();
+  let topicSubscription: (() => void) | undefined;
+  const resources = new ResourceStreams({
+    user,
+    principal,
+    streams: o.streams,
+    connectedDevices: () => ctx.hub.devicesOf(user).map((d) => d.device),
+    out,
+    deviceSignals: !v1,
+  });
+
+  /** A data frame: v1 frames carry no signal, but may be dropped all the same. */
+  const sendData = (frame: Record<string, unknown>) => out.sendRaw(JSON.stringify(frame), true);
+
+  const deviceMatches = (f: Filters, device: string) =>
+    !f.nothing && (f.device === undefined || f.device(device)) && mayRead(principal, user, device);
+
+  const onChange = (change: DeviceStateChange) => {
+    if (change.username !== user) return;
+    resources.deviceChanged(change.device, change.connected);
+    const f = subscriptions.get('device_state_change');
+    if (!f || !deviceMatches(f, change.device)) return;
+    const state = change.connected ? 'connected' : 'disconnected';
+    if (f.state !== undefined && !f.state(state)) return;
+    const extra = {
+      ...(change.ip !== undefined ? { ip: change.ip } : {}),
+      ...(change.reason !== undefined ? { reason: change.reason } : {}),
+    };
+    if (v1) {
+      sendData({ event: 'device_state_change', user, device: change.device, state, ts: change.ts, ...extra });
+      return;
+    }
+    out.send({
+      event: 'device_state_change',
+      signal: 'data',
+      user,
+      device: change.device,
+      state,
+      ts: change.ts,
+      payload: { device: change.device, connected: change.connected, ts: change.ts, ...extra },
+    });
+  };
+  const unlisten = ctx.hub.onStateChange(onChange);
+
+  const unlistenProperties = ctx.events.subscribe(user, 'device_property_update', (change) => {
+    const f = subscriptions.get('device_property_update');
+    if (!f || !deviceMatches(f, change.device)) return;
+    if (f.property !== undefined && !f.property(change.property)) return;
+    if (v1)
+      sendData({
+        event: 'device_property_update',
+        user,
+        device: change.device,
+        property: change.property,
+        value: wsJson(change.value as PsonValue),
+        ts: Date.now(),
+        ...(change.deleted ? { deleted: true } : {}),
+      });
+    else out.send({ event: 'device_property_update', signal: 'data', payload: change });
+  });
+
+  const subscribeTopic = (filter: string) => {
+    topicSubscription?.();
+    const topicMessage = (m: { topic: string; payload: PsonValue }, retained: boolean) => {
+      if (v1)
+        sendData({
+          event: 'device_topic_publish',
+          user,
+          topic: m.topic,
+          payload: wsJson(m.payload),
+          ...(retained ? { retained } : {}),
+          ts: Date.now(),
+        });
+      else
+        out.send({
+          event: 'device_topic_publish',
+          signal: 'data',
+          payload: { topic: m.topic, payload: psonToJson(m.payload), ...(retained ? { retained } : {}) },
+        });
+    };
+    const sub = ctx.topics.subscribe(user, filter, (m) => topicMessage(m, false));
+    topicSubscription = sub.unsubscribe;
+    return () => {
+      for (const m of sub.retained) topicMessage(m, true);
+    };
+  };
+
+  socket.on('close', () => {
+    unlisten();
+    unlistenProperties();
+    topicSubscription?.();
+    resources.close();
+  });
+
+  /** Removes a subscription; false when there was none. */
+  const unsubscribe = (name: EventName, filters: Filters | undefined): boolean => {
+    if (name === RESOURCE_STREAM)
+      return resources.unsubscribe(filters ? resourceKey(filters) : undefined) > 0;
+    if (!subscriptions.delete(name)) return false;
+    if (name === 'device_topic_publish') {
+      topicSubscription?.();
+      topicSubscription = undefined;
+    }
+    return true;
+  };
+
+  const subscribe = (name: EventName, filters: Filters, intervalMs: number, params: unknown) => {
+    if (filters.device !== undefined && !v1 && filters.echo.device !== undefined)
+      authorize(principal, user, 'read', filters.echo.device, filters.resource);
+    if (name === RESOURCE_STREAM) {
+      const spec: ResourceStreamSpec = {
+        key: resourceKey(filters),
+        resource: filters.resource as string,
+        matchDevice: filters.device ?? (() => true),
+        matchesNothing: filters.nothing,
+        intervalMs,
+      };
+      if (!resources.has(spec.key) && resources.size >= MAX_RESOURCE_SUBSCRIPTIONS)
+        throw new FrameError(
+          'too_many_subscriptions',
+          `at most ${MAX_RESOURCE_SUBSCRIPTIONS} resource subscriptions per socket: remove one first`,
+        );
+      // Acknowledged before any device stream is asked for: no data can come first.
+      out.send({
+        event: RESOURCE_STREAM,
+        signal: 'start',
+        registered: true,
+        payload: { filters: filters.echo, ...(params !== undefined ? { params } : {}) },
+      });
+      resources.subscribe(spec);
+      return;
+    }
+    let sendRetained: (() => void) | undefined;
+    if (name === 'device_topic_publish') {
+      // Topics are not a device's: tokens limited to some devices do not reach them.
+      authorize(principal, user, 'read');
+      sendRetained = subscribeTopic(filters.topic as string);
+    }
+    subscriptions.set(name, filters);
+    if (!v1) out.send({ event: name, signal: 'start', payload: { filters: filters.echo } });
+    sendRetained?.();
+  };
+
+  const acknowledgeStop = (name: EventName, what: string) => {
+    if (v1 && name !== RESOURCE_STREAM) return;
+    out.send({
+      event: name,
+      signal: 'stop',
+      payload: { code: 'unsubscribed', message: `unsubscribed from ${what}` },
+    });
+  };
+
+  const onV2 = (frame: Record<string, unknown>) => {
+    checkKeys(frame, ['event', 'filters', 'params', 'enabled']);
+    if (typeof frame.event !== 'string' || !(EVENTS as readonly string[]).includes(frame.event))
+      throw new FrameError('unknown_event', `event must be one of: ${EVENTS.join(', ')}`);
+    const name = frame.event as EventName;
+    const enabled = enabledOf(frame);
+    if (frame.filters !== undefined && frame.filters !== null && !isPlainObject(frame.filters))
+      throw new FrameError(
+        'invalid_frame',
+        `filters must be an object with ${EVENT_FILTERS[name].join(', ')}`,
+      );
+    const given = (frame.filters ?? {}) as Record<string, unknown>;
+    if (!enabled) {
+      const filters =
+        name === RESOURCE_STREAM && Object.keys(given).length > 0
+          ? parseFilters(name, given, 'v2', false)
+          : undefined;
+      if (!unsubscribe(name, filters)) throw new FrameError('not_subscribed', `not subscribed to ${name}`);
+      acknowledgeStop(name, name);
+      return;
+    }
+    for (const k of Object.keys(given)) {
+      if (!EVENT_FILTERS[name].includes(k))
+        throw new FrameError(
+          'invalid_frame',
+          `unknown filter "${k}" (expected ${EVENT_FILTERS[name].join(', ')})`,
+        );
+    }
+    const filters = parseFilters(name, given, 'v2', true);
+    const interval = name === RESOURCE_STREAM ? paramsInterval(frame.params) : 0;
+    subscribe(name, filters, interval, name === RESOURCE_STREAM ? frame.params : undefined);
+  };
+
+  const onV1 = (frame: Record<string, unknown>) => {
+    const event = frame.event;
+    if (typeof event !== 'string' || event.length === 0 || event.length > MAX_EVENT_LENGTH)
+      throw new FrameError(
+        'invalid_frame',
+        `event must be an event name (or a pattern such as "device_.*") of at most ${MAX_EVENT_LENGTH} characters`,
+      );
+    const enabled = enabledOf(frame);
+    const isExact = (EVENTS as readonly string[]).includes(event);
+    let names: EventName[];
+    if (isExact) names = [event as EventName];
+    else {
+      const match = patternOf(event, 'event');
+      names = EVENTS.filter((e) => match(e));
+    }
+    if (names.length === 0)
+      throw new FrameError('unknown_event', `no event matches "${event}" (events: ${EVENTS.join(', ')})`);
+    // Filters are the frame's other keys (plus an optional "filters" object); unknown keys are ignored.
+    const flat: Record<string, unknown> = Object.create(null);
+    for (const [k, v] of Object.entries(frame)) {
+      if (k !== 'event' && k !== 'enabled' && k !== 'params' && k !== 'filters') flat[k] = v;
+    }
+    if (isPlainObject(frame.filters)) Object.assign(flat, frame.filters);
+    let done = 0;
+    for (const name of names) {
+      const given: Record<string, unknown> = {};
+      for (const k of EVENT_FILTERS[name]) {
+        const v = flat[k];
+        if (v !== undefined && v !== null && v !== '' && v !== 'any') given[k] = v;
+      }
+      const required = name === RESOURCE_STREAM ? 'resource' : name === 'device_topic_publish' ? 'topic' : '';
+      if (required && given[required] === undefined) {
+        if (enabled) {
+          if (isExact) throw missingFilter(name);
+          continue; // a pattern also naming an event that needs a filter: not that one
+        }
+        if (unsubscribe(name, undefined)) acknowledgeStop(name, name);
+        done++;
+        continue;
+      }
+      if (!enabled) {
+        const filters = name === RESOURCE_STREAM ? parseFilters(name, given, 'v1', false) : undefined;
+        if (unsubscribe(name, filters)) acknowledgeStop(name, name);
+        done++;
+        continue;
+      }
+      const filters = parseFilters(name, given, 'v1', true);
+      const interval = name === RESOURCE_STREAM ? paramsInterval(frame.params) : 0;
+      subscribe(name, filters, interval, name === RESOURCE_STREAM ? frame.params : undefined);
+      done++;
+    }
+    if (done === 0)
+      throw new FrameError(
+        'invalid_frame',
+        `"${event}" matches only events that need a filter (${names.map((n) => `${n}: ${n === RESOURCE_STREAM ? 'resource' : 'topic'}`).join(', ')})`,
+      );
+  };
+
+  socket.on('message', (data, isBinary) => {
+    let event: string | undefined;
+    try {
+      const frame = parseFrame(data, isBinary, o.maxFrameBytes);
+      if (typeof frame.event === 'string' && frame.event.length <= MAX_EVENT_LENGTH) event = frame.event;
+      if (v1) onV1(frame);
+      else onV2(frame);
+    } catch (err) {
+      const error = errorPayload(err);
+      if (v1) out.send({ success: false, ...(event !== undefined ? { event } : {}), error });
+      else out.send({ ...(event !== undefined ? { event } : {}), signal: 'error', payload: error });
+    }
+  });
+}
+
+function enabledOf(frame: Record<string, unknown>): boolean {
+  if (frame.enabled !== undefined && typeof frame.enabled !== 'boolean')
+    throw new FrameError('invalid_frame', 'enabled must be true or false');
+  return frame.enabled !== false;
+}
+
+function missingFilter(name: EventName): FrameError {
+  return name === RESOURCE_STREAM
+    ? new FrameError(
+        'invalid_frame',
+        'filters.resource is required, e.g. {"event": "device_resource_stream", "filters": {"resource": "telemetry"}}',
+      )
+    : new FrameError('invalid_frame', 'filters.topic is required, e.g. {"topic": "sensors/+/temperature"}');
+}
+
+function patternOf(value: string, what: string): Matcher {
+  try {
+    return compilePattern(value);
+  } catch (err) {
+    throw new FrameError(
+      'invalid_frame',
+      `${what}: ${err instanceof PatternError ? err.message : 'bad pattern'}`,
+    );
+  }
+}
+
+const ID = new RegExp(ID_PATTERN);
+
+/**
+ * Validated filters of one event. v2: exact ids; v1: patterns (device, property, state,
+ * product / asset filters). `requireAll` = a subscription (required filters must be there).
+ */
+function parseFilters(
+  name: EventName,
+  given: Record<string, unknown>,
+  dialect: EventsDialect,
+  requireAll: boolean,
+): Filters {
+  const f: Filters = { nothing: false, echo: {} };
+  for (const [k, v] of Object.entries(given)) {
+    if (typeof v !== 'string') throw new FrameError('invalid_frame', `filters.${k} must be a string`);
+    if ((GROUPINGS as readonly string[]).includes(k)) {
+      if (v === '') continue;
+      if (v.length > 256) throw new FrameError('invalid_frame', `filters.${k} is too long`);
+      // Devices here belong to no product or asset group: only a pattern matching "" lets them through.
+      if (dialect === 'v2' || !patternOf(v, `filters.${k}`)('')) f.nothing = true;
+      f.echo[k] = v;
+      continue;
+    }
+    switch (k) {
+      case 'topic': {
+        const error = topicFilterError(v);
+        if (error) throw new FrameError('invalid_frame', `filters.topic: ${error}`);
+        f.topic = v;
+        break;
+      }
+      case 'resource':
+        if (v.length === 0 || v.length > MAX_RESOURCE_LENGTH)
+          throw new FrameError(
+            'invalid_frame',
+            `filters.resource must be a non-empty string of at most ${MAX_RESOURCE_LENGTH} characters`,
+          );
+        f.resource = v;
+        break;
+      case 'state':
+        if (dialect === 'v2') {
+          if (!STATES.includes(v))
+            throw new FrameError('invalid_frame', `filters.state must be one of ${STATES.join(', ')}`);
+          f.state = exact(v);
+        } else f.state = patternOf(v, 'filters.state');
+        break;
+      case 'device':
+      case 'property':
+        if (dialect === 'v2' && !ID.test(v))
+          throw new FrameError(
+            'invalid_frame',
+            `filters.${k} must be ${k === 'device' ? 'a device' : 'a property'} id`,
+          );
+        if (k === 'device') f.device = dialect === 'v2' ? exact(v) : patternOf(v, 'filters.device');
+        else f.property = dialect === 'v2' ? exact(v) : patternOf(v, 'filters.property');
+        break;
+      default:
+        throw new FrameError('invalid_frame', `unknown filter "${k}"`);
+    }
+    f.echo[k] = v;
+  }
+  if (requireAll) {
+    if (name === 'device_topic_publish' && f.topic === undefined) throw missingFilter(name);
+    if (name === RESOURCE_STREAM && f.resource === undefined) throw missingFilter(name);
+  }
+  return f;
+}
+
+/** What identifies a resource subscription on its socket: its filters. */
+function resourceKey(f: Filters): string {
+  return JSON.stringify(Object.entries(f.echo).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)));
+}
+
+/** `params.interval` of a resource subscription: milliseconds, as Thinger.io; 0 = device events. */
+function paramsInterval(params: unknown): number {
+  if (params === undefined || params === null) return 0;
+  if (!isPlainObject(params))
+    throw new FrameError('invalid_frame', 'params must be an object, e.g. {"interval": 1000} (milliseconds)');
+  const v = params.interval;
+  if (v === undefined || v === null || v === 0) return 0;
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < 0)
+    throw new FrameError('invalid_frame', 'params.interval must be a number of milliseconds');
+  if (v < MIN_INTERVAL_MS || v > MAX_INTERVAL_MS)
+    throw new FrameError(
+      'invalid_frame',
+      `params.interval must be between ${MIN_INTERVAL_MS} and ${MAX_INTERVAL_MS} milliseconds (or 0 for the device's own events)`,
+    );
+  return Math.round(v);
+}
