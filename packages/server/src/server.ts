@@ -274,6 +274,9 @@ export async function startServer(
   const PUBLIC = new Set([
     '/oauth/token',
     '/v1/server/version',
+    // Static metadata (asset kinds, event names) the Node-RED editor asks for without a token.
+    '/v1/server/assets',
+    '/v1/server/events',
     '/health',
     '/metrics',
     '/openapi.json',

@@ -1,6 +1,6 @@
 import { ClosedError, FrameError, RequestError, TimeoutError } from '@iotmp/protocol';
 import { PsonError, type PsonValue } from '@iotmp/pson';
-import type { FastifyInstance, FastifyReply } from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { authorize } from '../auth/tokens.js';
 import type { LiveDevice } from '../devices/hub.js';
 import { type AppContext, ID_PATTERN } from './context.js';
@@ -117,51 +117,90 @@ export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): v
     },
   );
 
+  /** GET of a resource path: describe (…/api), list (api), or run with the query as parameters. */
+  const getResource = async (
+    request: FastifyRequest,
+    reply: FastifyReply,
+    user: string,
+    device: string,
+    path: string,
+    query: Record<string, string>,
+  ) => {
+    // …/resources/api lists every resource, as on Thinger.io (a resource named "api" is …/api/api).
+    if (path === 'api') {
+      authorize(request.principal!, user, 'read', device);
+      const live = liveDevice(user, device);
+      try {
+        return send(reply, await timed(() => live.session.describe(undefined, { timeoutMs })));
+      } catch (err) {
+        throw mapDeviceError(err, 'DESCRIBE', timeoutMs);
+      }
+    }
+    const describe = path.endsWith('/api');
+    const resource = describe ? path.slice(0, -4) : path;
+    if (!resource) throw new HttpError(400, 'invalid_request', 'resource name missing');
+    authorize(request.principal!, user, 'read', device, resource);
+    const live = liveDevice(user, device);
+    const { authorization: _, ...rest } = query;
+    const parameters = Object.keys(rest).length > 0 ? rest : undefined;
+    try {
+      const output = await timed(() =>
+        describe
+          ? live.session.describe(resource, { timeoutMs })
+          : live.session.run(resource, undefined, { timeoutMs, parameters }),
+      );
+      return send(reply, output);
+    } catch (err) {
+      throw mapDeviceError(err, resource, timeoutMs);
+    }
+  };
+
+  /** POST of a resource path: run it with the body as input. */
+  const postResource = async (
+    request: FastifyRequest,
+    reply: FastifyReply,
+    user: string,
+    device: string,
+    resource: string,
+  ) => {
+    authorize(request.principal!, user, 'call', device, resource);
+    const live = liveDevice(user, device);
+    let input: PsonValue | undefined;
+    const body = request.body;
+    if (Buffer.isBuffer(body)) input = new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
+    else if (body !== undefined && body !== null && body !== '') input = body as PsonValue;
+    try {
+      return send(reply, await timed(() => live.session.run(resource, input, { timeoutMs })));
+    } catch (err) {
+      throw mapDeviceError(err, resource, timeoutMs);
+    }
+  };
+
+  const queryOfParameters = {
+    type: 'object',
+    additionalProperties: { type: 'string', maxLength: 4096 },
+    maxProperties: 64,
+  } as const;
+
   app.get<{ Params: { user: string; device: string; '*': string }; Querystring: Record<string, string> }>(
     '/v3/users/:user/devices/:device/resources/*',
     {
       schema: {
         summary: 'Run a resource (query string → parameters) or, with a trailing /api, describe it',
         params: resourceParams,
-        querystring: {
-          type: 'object',
-          additionalProperties: { type: 'string', maxLength: 4096 },
-          maxProperties: 64,
-        },
+        querystring: queryOfParameters,
         response: { ...errors },
       },
     },
-    async (request, reply) => {
-      const { user, device } = request.params;
-      const path = request.params['*'];
-      // …/resources/api lists every resource, as on Thinger.io (a resource named "api" is …/api/api).
-      if (path === 'api') {
-        authorize(request.principal!, user, 'read', device);
-        const live = liveDevice(user, device);
-        try {
-          return send(reply, await timed(() => live.session.describe(undefined, { timeoutMs })));
-        } catch (err) {
-          throw mapDeviceError(err, 'DESCRIBE', timeoutMs);
-        }
-      }
-      const describe = path.endsWith('/api');
-      const resource = describe ? path.slice(0, -4) : path;
-      if (!resource) throw new HttpError(400, 'invalid_request', 'resource name missing');
-      authorize(request.principal!, user, 'read', device, resource);
-      const live = liveDevice(user, device);
-      const { authorization: _, ...query } = request.query;
-      const parameters = Object.keys(query).length > 0 ? query : undefined;
-      try {
-        const output = await timed(() =>
-          describe
-            ? live.session.describe(resource, { timeoutMs })
-            : live.session.run(resource, undefined, { timeoutMs, parameters }),
-        );
-        return send(reply, output);
-      } catch (err) {
-        throw mapDeviceError(err, resource, timeoutMs);
-      }
-    },
+    async (request, reply) =>
+      getResource(
+        request,
+        reply,
+        request.params.user,
+        request.params.device,
+        request.params['*'],
+        request.query,
+      ),
   );
 
   app.post<{ Params: { user: string; device: string; '*': string }; Body: unknown }>(
@@ -173,20 +212,56 @@ export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): v
         response: { ...errors },
       },
     },
-    async (request, reply) => {
-      const { user, device } = request.params;
-      const resource = request.params['*'];
-      authorize(request.principal!, user, 'call', device, resource);
-      const live = liveDevice(user, device);
-      let input: PsonValue | undefined;
-      const body = request.body;
-      if (Buffer.isBuffer(body)) input = new Uint8Array(body.buffer, body.byteOffset, body.byteLength);
-      else if (body !== undefined && body !== null && body !== '') input = body as PsonValue;
-      try {
-        return send(reply, await timed(() => live.session.run(resource, input, { timeoutMs })));
-      } catch (err) {
-        throw mapDeviceError(err, resource, timeoutMs);
-      }
-    },
+    async (request, reply) =>
+      postResource(request, reply, request.params.user, request.params.device, request.params['*']),
   );
+
+  // Thinger.io's older paths (v1, v2: one path segment, no "resources/"), as its generated
+  // clients still offer them. Fixed routes of the same place (…/stats, …/tokens) come first.
+  const legacyParams = {
+    type: 'object',
+    properties: {
+      user: { type: 'string', pattern: ID_PATTERN },
+      device: { type: 'string', pattern: ID_PATTERN },
+      resource: { type: 'string', minLength: 1, maxLength: 1024 },
+    },
+    required: ['user', 'device', 'resource'],
+  } as const;
+  for (const version of ['v1', 'v2'] as const) {
+    app.get<{
+      Params: { user: string; device: string; resource: string };
+      Querystring: Record<string, string>;
+    }>(
+      `/${version}/users/:user/devices/:device/:resource`,
+      {
+        schema: {
+          summary: `Run a resource (as …/v3/…/resources/{resource}; Thinger.io's ${version} path)`,
+          params: legacyParams,
+          querystring: queryOfParameters,
+          response: { ...errors },
+        },
+      },
+      async (request, reply) =>
+        getResource(
+          request,
+          reply,
+          request.params.user,
+          request.params.device,
+          request.params.resource,
+          request.query,
+        ),
+    );
+    app.post<{ Params: { user: string; device: string; resource: string }; Body: unknown }>(
+      `/${version}/users/:user/devices/:device/:resource`,
+      {
+        schema: {
+          summary: `Run a resource with input (as …/v3/…/resources/{resource}; Thinger.io's ${version} path)`,
+          params: legacyParams,
+          response: { ...errors },
+        },
+      },
+      async (request, reply) =>
+        postResource(request, reply, request.params.user, request.params.device, request.params.resource),
+    );
+  }
 }

@@ -1,6 +1,6 @@
 import { createHash, randomBytes, randomUUID } from 'node:crypto';
 import { errors as joseErrors, jwtVerify, SignJWT } from 'jose';
-import type { AccessTokenRecord, AccountStore, TokenScope } from '../storage/accounts.js';
+import type { AccessTokenRecord, AccountStore, TokenPermissions, TokenScope } from '../storage/accounts.js';
 import { hashSecret, verifySecret } from './passwords.js';
 
 /** Who is calling, after the bearer token was checked. */
@@ -20,6 +20,18 @@ export class AuthFailure extends Error {
   ) {
     super(message);
   }
+}
+
+/** A new access token: `token` is its key (default: its generated id). */
+export interface NewAccessToken {
+  token?: string | undefined;
+  name: string;
+  description?: string | undefined;
+  enabled?: boolean | undefined;
+  scope: TokenScope;
+  permissions?: TokenPermissions | null | undefined;
+  /** ms since 1970; null or absent: never. */
+  expiresAt?: number | null | undefined;
 }
 
 export interface IssuedTokens {
@@ -121,31 +133,39 @@ export class TokenService {
     };
   }
 
-  /** Creates a named access token; the JWT is returned once and not stored. */
+  /**
+   * Creates a named access token; the JWT is returned once and not stored. The JWT names the
+   * stored token (`jti`) and carries no expiry of its own: the stored token's expiry,
+   * enabled flag and scope are checked on every request, so changing them takes effect at once.
+   */
   async createAccessToken(
     username: string,
-    name: string,
-    scope: TokenScope,
-    expiresInSeconds?: number,
+    input: NewAccessToken,
   ): Promise<{ record: AccessTokenRecord; token: string }> {
     const now = Date.now();
+    const id = randomUUID();
     const record: AccessTokenRecord = {
-      id: randomUUID(),
+      id,
       username,
-      name,
-      scope,
+      token: input.token ?? id,
+      name: input.name,
+      description: input.description ?? '',
+      enabled: input.enabled ?? true,
+      scope: input.scope,
+      permissions: input.permissions ?? null,
       createdAt: now,
-      expiresAt: expiresInSeconds ? now + expiresInSeconds * 1000 : null,
+      updatedAt: now,
+      expiresAt: input.expiresAt ?? null,
     };
     this.accounts.createAccessToken(record);
-    let jwt = new SignJWT({ typ: 'token', usr: username })
+    const jwt = await new SignJWT({ typ: 'token', usr: username })
       .setProtectedHeader({ alg: 'HS256' })
       .setSubject(username)
       .setIssuer(ISSUER)
-      .setIssuedAt()
-      .setJti(record.id);
-    if (expiresInSeconds) jwt = jwt.setExpirationTime(`${expiresInSeconds}s`);
-    return { record, token: await jwt.sign(this.secret) };
+      .setIssuedAt(Math.floor(now / 1000))
+      .setJti(record.id)
+      .sign(this.secret);
+    return { record, token: jwt };
   }
 
   /** Checks a bearer token; throws AuthFailure (401) when missing, invalid, expired or revoked. */
@@ -180,6 +200,7 @@ export class TokenService {
         throw new AuthFailure('access token revoked', 401, 'invalid_token');
       if (record.expiresAt !== null && record.expiresAt < Date.now())
         throw new AuthFailure('access token expired', 401, 'token_expired');
+      if (!record.enabled) throw new AuthFailure('access token disabled', 401, 'token_disabled');
       return { username, scope: record.scope, tokenId: record.id };
     }
     throw new AuthFailure('invalid access token', 401, 'invalid_token');
@@ -194,7 +215,8 @@ export type Access = 'read' | 'call' | 'admin';
 
 /**
  * May `principal` act on `username`'s data (optionally one device and resource) with this
- * access? "admin" (managing devices and tokens) needs a login token. Throws 403 otherwise.
+ * access? "admin" (managing devices and tokens) needs a login token or an access token with
+ * admin access. Throws 403 otherwise.
  */
 export function authorize(
   principal: Principal,
@@ -206,19 +228,25 @@ export function authorize(
   if (principal.username !== username)
     throw new AuthFailure("the token does not give access to this user's data", 403, 'forbidden');
   const scope = principal.scope;
-  if (!scope) return;
+  if (!scope || scope.access === 'admin') return;
   if (access === 'admin')
     throw new AuthFailure('this access token cannot manage the account', 403, 'forbidden');
   if (access === 'call' && scope.access !== 'call')
     throw new AuthFailure('this access token is read-only', 403, 'forbidden');
   if (scope.devices) {
     if (device === undefined)
-      throw new AuthFailure('this access token is limited to some devices', 403, 'forbidden');
-    const grant = scope.devices[device];
-    if (!grant || !Object.hasOwn(scope.devices, device))
-      throw new AuthFailure(`this access token does not cover device ${device}`, 403, 'forbidden');
+      throw new AuthFailure('this access token is limited to devices', 403, 'forbidden');
+    const grant = Object.hasOwn(scope.devices, device)
+      ? scope.devices[device]
+      : Object.hasOwn(scope.devices, ANY_DEVICE)
+        ? scope.devices[ANY_DEVICE]
+        : undefined;
+    if (!grant) throw new AuthFailure(`this access token does not cover device ${device}`, 403, 'forbidden');
     if (resource !== undefined && grant.resources && !grant.resources.includes(resource)) {
       throw new AuthFailure(`this access token does not cover resource ${resource}`, 403, 'forbidden');
     }
   }
 }
+
+/** The key of a scope's `devices` that grants every device (and nothing else). */
+export const ANY_DEVICE = '*';

@@ -21,22 +21,79 @@ export interface DeviceRecord {
 }
 
 export interface AccessTokenRecord {
+  /** Internal id (the JWT's `jti`): never changes. */
   id: string;
   username: string;
+  /** The key naming the token in paths (`/tokens/{token}`), unique per user: chosen, or the id. */
+  token: string;
   name: string;
+  description: string;
+  /** A disabled token is refused until enabled again. */
+  enabled: boolean;
   scope: TokenScope;
+  /** The permissions as given in Thinger.io's form, when the token was created that way. */
+  permissions: TokenPermissions | null;
   createdAt: number;
+  updatedAt: number;
   expiresAt: number | null;
+}
+
+/** Thinger.io's permission trees: {"<ResourceType>": {"<id>": "*" | ["<Action>"]}}. */
+export interface TokenPermissions {
+  allow: Record<string, unknown>;
+  deny: Record<string, unknown>;
 }
 
 /**
  * What an access token may do. `devices` absent = all devices; per device, `resources`
- * absent = all resources. `access` "read" allows GET (describe, read, stats), "call" also
- * running resources and changing things.
+ * absent = all resources; the key "*" (no device id can be "*") stands for every device,
+ * and for nothing else (no buckets, endpoints, …). `access` "read" allows GET (describe,
+ * read, stats), "call" also running resources and changing things, "admin" also managing
+ * the account (devices, buckets, tokens): what a login token can do.
  */
 export interface TokenScope {
-  access: 'read' | 'call';
+  access: 'read' | 'call' | 'admin';
   devices?: Record<string, { resources?: string[] }>;
+}
+
+interface TokenRow {
+  id: string;
+  username: string;
+  token: string | null;
+  name: string;
+  description: string;
+  enabled: number;
+  scope: string;
+  permissions: string | null;
+  created_at: number;
+  updated_at: number | null;
+  expires_at: number | null;
+}
+
+function toToken(row: TokenRow): AccessTokenRecord {
+  return {
+    id: row.id,
+    username: row.username,
+    token: row.token ?? row.id,
+    name: row.name,
+    description: row.description,
+    enabled: row.enabled === 1,
+    scope: JSON.parse(row.scope) as TokenScope,
+    permissions: row.permissions === null ? null : (JSON.parse(row.permissions) as TokenPermissions),
+    createdAt: row.created_at,
+    updatedAt: row.updated_at ?? row.created_at,
+    expiresAt: row.expires_at,
+  };
+}
+
+/** Changes to an access token (absent: unchanged). */
+export interface AccessTokenPatch {
+  name?: string;
+  description?: string;
+  enabled?: boolean;
+  scope?: TokenScope;
+  permissions?: TokenPermissions | null;
+  expiresAt?: number | null;
 }
 
 interface DeviceRow {
@@ -101,10 +158,12 @@ export class AccountStore {
         'UPDATE devices SET last_connected_ts = ?, last_ip = ? WHERE username = ? AND device = ?',
       ),
       insertToken: db.prepare(
-        'INSERT INTO access_tokens (id, username, name, scope, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)',
+        `INSERT INTO access_tokens (id, username, token, name, description, enabled, scope, permissions, created_at, updated_at, expires_at)
+         VALUES (@id, @username, @token, @name, @description, @enabled, @scope, @permissions, @createdAt, @updatedAt, @expiresAt)`,
       ),
       getToken: db.prepare('SELECT * FROM access_tokens WHERE id = ?'),
-      listTokens: db.prepare('SELECT * FROM access_tokens WHERE username = ? ORDER BY created_at'),
+      getTokenByKey: db.prepare('SELECT * FROM access_tokens WHERE username = ? AND token = ?'),
+      listTokens: db.prepare('SELECT * FROM access_tokens WHERE username = ? ORDER BY created_at, id'),
       deleteToken: db.prepare('DELETE FROM access_tokens WHERE username = ? AND id = ?'),
       insertRefresh: db.prepare(
         'INSERT INTO refresh_tokens (token_hash, username, expires_at) VALUES (?, ?, ?)',
@@ -253,41 +312,68 @@ export class AccountStore {
 
   // --- access tokens
 
+  /** Stores a new access token; AlreadyExistsError when the user has a token of that key. */
   createAccessToken(t: AccessTokenRecord): void {
-    this.st.insertToken.run(t.id, t.username, t.name, JSON.stringify(t.scope), t.createdAt, t.expiresAt);
+    try {
+      this.st.insertToken.run({
+        ...t,
+        enabled: t.enabled ? 1 : 0,
+        scope: JSON.stringify(t.scope),
+        permissions: t.permissions === null ? null : JSON.stringify(t.permissions),
+      });
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === 'SQLITE_CONSTRAINT_UNIQUE' || code === 'SQLITE_CONSTRAINT_PRIMARYKEY')
+        throw new AlreadyExistsError(`token ${t.token} already exists`);
+      throw err;
+    }
   }
 
+  /** An access token by its internal id (the JWT's `jti`). */
   getAccessToken(id: string): AccessTokenRecord | undefined {
-    const row = this.st.getToken.get(id) as
-      | {
-          id: string;
-          username: string;
-          name: string;
-          scope: string;
-          created_at: number;
-          expires_at: number | null;
-        }
+    const row = this.st.getToken.get(id) as TokenRow | undefined;
+    return row && toToken(row);
+  }
+
+  /** A user's access token by key, or else by internal id. */
+  findAccessToken(username: string, key: string): AccessTokenRecord | undefined {
+    const row = (this.st.getTokenByKey.get(username, key) ?? this.st.getToken.get(key)) as
+      | TokenRow
       | undefined;
-    return (
-      row && {
-        id: row.id,
-        username: row.username,
-        name: row.name,
-        scope: JSON.parse(row.scope) as TokenScope,
-        createdAt: row.created_at,
-        expiresAt: row.expires_at,
-      }
-    );
+    return row && row.username === username ? toToken(row) : undefined;
   }
 
+  /** The user's access tokens, oldest first. */
   listAccessTokens(username: string): AccessTokenRecord[] {
-    return (this.st.listTokens.all(username) as Array<{ id: string }>).map(
-      (r) => this.getAccessToken(r.id) as AccessTokenRecord,
-    );
+    return (this.st.listTokens.all(username) as TokenRow[]).map(toToken);
   }
 
-  deleteAccessToken(username: string, id: string): boolean {
-    return this.st.deleteToken.run(username, id).changes > 0;
+  /** Applies the given changes to a token (by internal id); the updated record, if it exists. */
+  updateAccessToken(username: string, id: string, patch: AccessTokenPatch): AccessTokenRecord | undefined {
+    const sets: string[] = [];
+    const values: Array<string | number | null> = [];
+    const set = (column: string, value: string | number | null) => {
+      sets.push(`${column} = ?`);
+      values.push(value);
+    };
+    if (patch.name !== undefined) set('name', patch.name);
+    if (patch.description !== undefined) set('description', patch.description);
+    if (patch.enabled !== undefined) set('enabled', patch.enabled ? 1 : 0);
+    if (patch.scope !== undefined) set('scope', JSON.stringify(patch.scope));
+    if (patch.permissions !== undefined)
+      set('permissions', patch.permissions === null ? null : JSON.stringify(patch.permissions));
+    if (patch.expiresAt !== undefined) set('expires_at', patch.expiresAt);
+    set('updated_at', Date.now());
+    const info = this.db
+      .prepare(`UPDATE access_tokens SET ${sets.join(', ')} WHERE username = ? AND id = ?`)
+      .run(...values, username, id);
+    return info.changes === 0 ? undefined : this.getAccessToken(id);
+  }
+
+  /** Deletes a user's access token, named by key or internal id. */
+  deleteAccessToken(username: string, key: string): boolean {
+    const found = this.findAccessToken(username, key);
+    return found !== undefined && this.st.deleteToken.run(username, found.id).changes > 0;
   }
 
   // --- refresh tokens (single use: taking one deletes it)

@@ -611,12 +611,20 @@ export class BucketStore {
     return [...this.byId.values()].map((s) => s.record);
   }
 
-  list(username: string, count: number, index: number): BucketRecord[] {
-    return this.ofUser(username).slice(index, index + count);
+  /** A page of the user's buckets; with `match`, those whose id or name contains it (any case). */
+  list(username: string, count: number, index: number, match?: string): BucketRecord[] {
+    return this.matching(username, match).slice(index, index + count);
   }
 
-  countOf(username: string): number {
-    return this.ofUser(username).length;
+  countOf(username: string, match?: string): number {
+    return this.matching(username, match).length;
+  }
+
+  private matching(username: string, match: string | undefined): BucketRecord[] {
+    const all = this.ofUser(username);
+    if (match === undefined) return all;
+    const m = match.toLowerCase();
+    return all.filter((b) => b.bucket.toLowerCase().includes(m) || b.name.toLowerCase().includes(m));
   }
 
   private ofUser(username: string): BucketRecord[] {

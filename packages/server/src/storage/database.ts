@@ -117,6 +117,19 @@ const MIGRATIONS: string[] = [
     INSERT OR IGNORE INTO bucket_purges (bucket_id) VALUES (old.id);
   END;
   `,
+  // Access tokens as Thinger.io clients manage them: a key the user chooses (unique per
+  // user; existing tokens keep their id as key), a description, an enabled flag, the
+  // permissions given in Thinger.io's form ({"allow", "deny"} JSON) and a modification time.
+  `
+  ALTER TABLE access_tokens ADD COLUMN token TEXT;
+  UPDATE access_tokens SET token = id;
+  CREATE UNIQUE INDEX access_tokens_user_token ON access_tokens(username, token);
+  ALTER TABLE access_tokens ADD COLUMN description TEXT NOT NULL DEFAULT '';
+  ALTER TABLE access_tokens ADD COLUMN enabled INTEGER NOT NULL DEFAULT 1;
+  ALTER TABLE access_tokens ADD COLUMN permissions TEXT;
+  ALTER TABLE access_tokens ADD COLUMN updated_at INTEGER;
+  UPDATE access_tokens SET updated_at = created_at;
+  `,
 ];
 
 export type Db = Database.Database;
