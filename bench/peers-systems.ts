@@ -1,7 +1,8 @@
 /**
  * The systems the peer benchmark compares, each started as its own process on free loopback
- * ports: Mosquitto (the Debian package, a generated config), Aedes (bench/peers-aedes.ts) and
- * our server (packages/server, default settings, SQLite storage; through startServerProcess).
+ * ports: Mosquitto (the Debian package, a generated config), Aedes (bench/peers-aedes.ts),
+ * our server (packages/server, default settings, SQLite storage; through startServerProcess)
+ * and the Node.js floor for our wire exchange (bench/peers-floor.ts).
  */
 import { type ChildProcess, fork, spawn, spawnSync } from 'node:child_process';
 import { createWriteStream, readFileSync, writeFileSync } from 'node:fs';
@@ -22,8 +23,14 @@ import {
 } from './server-harness.js';
 import { BENCH_USER } from './sim-protocol.js';
 
-export type PeerId = 'mosquitto' | 'aedes' | 'iotmp';
-export const PEER_NAMES: Record<PeerId, string> = { mosquitto: 'Mosquitto', aedes: 'Aedes', iotmp: 'iotmp' };
+export type PeerId = 'mosquitto' | 'aedes' | 'iotmp' | 'floor';
+export const PEER_IDS: readonly PeerId[] = ['mosquitto', 'aedes', 'iotmp', 'floor'];
+export const PEER_NAMES: Record<PeerId, string> = {
+  mosquitto: 'Mosquitto',
+  aedes: 'Aedes',
+  iotmp: 'iotmp',
+  floor: 'Node.js floor',
+};
 
 export interface MemoryReading {
   rssKb: number;
@@ -54,6 +61,12 @@ export interface IotmpSystem extends PeerSystem {
   readonly server: ServerProcess;
   readonly rest: RestClient;
   readonly inspector: Inspector | undefined;
+}
+
+/** The Node.js floor: speaks IOTMP to devices, HTTP and WebSocket to the application. */
+export interface FloorSystem extends PeerSystem {
+  readonly id: 'floor';
+  readonly httpPort: number;
 }
 
 const RAISE_FILES = (n: number) =>
@@ -198,6 +211,64 @@ export async function startAedes(): Promise<PeerSystem> {
     pid,
     devicePort: port,
     how: `node --expose-gc bench/dist/peers-aedes.js ${port} (Aedes.createBroker() defaults, net.Server with noDelay)`,
+    async memory() {
+      const r = await ask();
+      return { rssKb: procStatusKb(pid, 'VmRSS'), heapUsed: r.usage?.heapUsed, gc: r.gc === true };
+    },
+    async connectedDevices() {
+      return (await ask()).clients;
+    },
+    async stop() {
+      if (child.connected) child.disconnect();
+      await stopChild(child, exited);
+    },
+  };
+}
+
+// --- the Node.js floor -----------------------------------------------------------------------
+
+export async function startFloor(): Promise<FloorSystem> {
+  const script = fileURLToPath(new URL('./peers-floor.js', import.meta.url));
+  const child = fork(script, [], {
+    execArgv: ['--expose-gc'],
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+  });
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  type Reply = {
+    op: string;
+    devicePort?: number;
+    httpPort?: number;
+    gc?: boolean;
+    usage?: NodeJS.MemoryUsage;
+    clients?: number;
+  };
+  let waiter: ((m: Reply) => void) | null = null;
+  const listening = new Promise<Reply>((resolve, reject) => {
+    child.on('message', (m: Reply) => {
+      if (m.op === 'listening') resolve(m);
+      else if (waiter) {
+        const w = waiter;
+        waiter = null;
+        w(m);
+      }
+    });
+    child.once('exit', (code) => reject(new Error(`the floor exited with ${code} during start-up`)));
+  });
+  const { devicePort, httpPort } = await listening;
+  const ask = () =>
+    new Promise<Reply>((resolve) => {
+      waiter = resolve;
+      child.send({ op: 'memory' });
+    });
+  const pid = child.pid as number;
+  return {
+    id: 'floor',
+    label: `Node.js ${process.version} floor`,
+    protocol: 'iotmp',
+    pid,
+    devicePort: devicePort as number,
+    httpPort: httpPort as number,
+    how: `node --expose-gc bench/dist/peers-floor.js (node:net devices + node:http + ws, pre-encoded frames, no framework, protocol engine, storage or authentication; HTTP on ${httpPort})`,
     async memory() {
       const r = await ask();
       return { rssKb: procStatusKb(pid, 'VmRSS'), heapUsed: r.usage?.heapUsed, gc: r.gc === true };

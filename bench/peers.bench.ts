@@ -1,16 +1,19 @@
 /**
  * Peer benchmark (issue 7): our server against two MQTT brokers, Mosquitto (the Debian
- * package) and Aedes (Node.js), side by side in the same run on the same machine.
+ * package) and Aedes (Node.js), side by side in the same run on the same machine, and against
+ * the Node.js floor: the least any Node.js server can do for our wire exchange.
  *
  *   npm run bench:peers -- [--quick] [--seconds 5] [--runs 3] [--cases telemetry,rpc,memory,connect]
- *     [--peers mosquitto,aedes,iotmp] [--devices-max 10000] [--json .bench-results/peers.json]
+ *     [--peers mosquitto,aedes,iotmp,floor] [--devices-max 10000] [--json .bench-results/peers.json]
  *     [--generators 2] [--window 1000] [--iotmp-telemetry topic|resource|both] [--profile dir]
  *     [--server-flag <node flag>]... [--server-main path/to/main.js] [--mosquitto /usr/sbin/mosquitto]
  *     [--no-inspect] [--keep]
  *
  * Each system runs in its own process (Mosquitto: a private instance on a free loopback port,
  * `persistence false`; Aedes: bench/peers-aedes.ts; ours: packages/server with default
- * settings, SQLite storage). One load generator for all of them: this process (the
+ * settings, SQLite storage; the floor: bench/peers-floor.ts, plain node:net + node:http + ws with
+ * pre-encoded frames, no framework, protocol engine, storage or authentication, driven exactly
+ * as ours). One load generator for all of them: this process (the
  * application: telemetry consumer, command caller) and `--generators` device processes
  * (bench/peers-devices.ts: one socket per device from its own loopback address, pre-encoded
  * packets), with a protocol adapter per system (MQTT 3.1.1 by hand; IOTMP). Cases, each
@@ -32,6 +35,8 @@
  *    devices subscribed to their command topic); Node.js systems after a forced GC.
  * 4. connect rate: 1,000 devices, 100 in flight, connect + authenticate (CONNECT → CONNACK;
  *    ours CONNECT → OK on a cached verifier, i.e. repeat logins), after warm-up rounds.
+ * The report shows iotmp over the floor per case, and what the floor reaches against each goal:
+ * whether a goal is within reach of any Node.js server on this machine.
  */
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
@@ -50,12 +55,15 @@ import {
   TELEMETRY_FILTER,
 } from './peers-protocol.js';
 import {
+  type FloorSystem,
   type IotmpSystem,
   mosquittoVersion,
+  PEER_IDS,
   PEER_NAMES,
   type PeerId,
   type PeerSystem,
   startAedes,
+  startFloor,
   startIotmp,
   startMosquitto,
 } from './peers-systems.js';
@@ -78,7 +86,7 @@ const { values: args } = parseArgs({
     seconds: { type: 'string' },
     runs: { type: 'string' },
     cases: { type: 'string', default: 'telemetry,rpc,memory,connect' },
-    peers: { type: 'string', default: 'mosquitto,aedes,iotmp' },
+    peers: { type: 'string', default: 'mosquitto,aedes,iotmp,floor' },
     'devices-max': { type: 'string' },
     json: { type: 'string', default: '.bench-results/peers.json' },
     generators: { type: 'string', default: '2' },
@@ -101,7 +109,7 @@ const WARM_UP_MS = QUICK ? 1000 : 2000;
 const CASES = new Set(String(args.cases).split(','));
 const PEERS = String(args.peers)
   .split(',')
-  .filter((p): p is PeerId => p === 'mosquitto' || p === 'aedes' || p === 'iotmp');
+  .filter((p): p is PeerId => (PEER_IDS as readonly string[]).includes(p));
 const GENERATORS = Math.max(1, Number(args.generators));
 /** Telemetry messages in flight (sent by devices, not yet received by the consumer), in total. */
 const WINDOW = Math.max(16, Number(args.window));
@@ -356,6 +364,15 @@ async function iotmpConsumer(
   return { delivered: () => c.total, problems: () => c.problems, close: () => c.close() };
 }
 
+/** The floor's WebSocket consumer: the same subscription as ours (the floor checks nothing). */
+async function floorConsumer(sys: FloorSystem): Promise<Consumer> {
+  const c = await EventsConsumer.open(sys.httpPort, `/v2/users/${BENCH_USER}/events`, {
+    event: 'device_topic_publish',
+    filters: { topic: TELEMETRY_FILTER },
+  });
+  return { delivered: () => c.delivered, problems: () => c.problems, close: () => c.close() };
+}
+
 async function telemetryCase(ctx: Ctx, n: number, mode: 'topic' | 'resource' | undefined): Promise<Row> {
   const { sys, gens } = ctx;
   const devices = range(0, n);
@@ -370,7 +387,9 @@ async function telemetryCase(ctx: Ctx, n: number, mode: 'topic' | 'resource' | u
   const consumer =
     sys.id === 'iotmp'
       ? await iotmpConsumer(sys as IotmpSystem, mode ?? 'topic', devices)
-      : await mqttConsumer(sys.devicePort);
+      : sys.id === 'floor'
+        ? await floorConsumer(sys as FloorSystem)
+        : await mqttConsumer(sys.devicePort);
   if (mode !== 'resource') {
     const s = await gens.openStreams(30_000);
     if (s.failed > 0)
@@ -475,17 +494,21 @@ async function mqttCaller(port: number): Promise<Caller> {
   };
 }
 
-async function iotmpCaller(sys: IotmpSystem, devices: number, concurrency: number): Promise<Caller> {
+/** REST GET …/resources/sample on `port` (ours, or the floor, which ignores the token). */
+async function httpCaller(
+  port: number,
+  token: string,
+  devices: number,
+  concurrency: number,
+): Promise<Caller> {
   const requests = range(0, devices).map((i) =>
     Buffer.from(
       `GET /v3/users/${BENCH_USER}/devices/${deviceName(i)}/resources/${SAMPLE_RESOURCE} HTTP/1.1\r\n` +
-        `Host: 127.0.0.1:${sys.server.httpPort}\r\nAuthorization: Bearer ${sys.rest.token}\r\n\r\n`,
+        `Host: 127.0.0.1:${port}\r\nAuthorization: Bearer ${token}\r\n\r\n`,
     ),
   );
   const expected = JSON.stringify(SAMPLE);
-  const conns = await Promise.all(
-    range(0, concurrency).map(() => RawHttpConnection.connect(sys.server.httpPort)),
-  );
+  const conns = await Promise.all(range(0, concurrency).map(() => RawHttpConnection.connect(port)));
   const idle = [...conns];
   return {
     async call(device) {
@@ -514,8 +537,15 @@ async function rpcCase(ctx: Ctx, concurrency: number): Promise<Row> {
   note(`${sys.label}: command round trips, concurrency ${concurrency}, ${RPC_DEVICES} devices…`);
   const caller =
     sys.id === 'iotmp'
-      ? await iotmpCaller(sys as IotmpSystem, RPC_DEVICES, concurrency)
-      : await mqttCaller(sys.devicePort);
+      ? await httpCaller(
+          (sys as IotmpSystem).server.httpPort,
+          (sys as IotmpSystem).rest.token,
+          RPC_DEVICES,
+          concurrency,
+        )
+      : sys.id === 'floor'
+        ? await httpCaller((sys as FloorSystem).httpPort, 'floor', RPC_DEVICES, concurrency)
+        : await mqttCaller(sys.devicePort);
   let next = 0;
   let errors = 0;
   let lost = false;
@@ -650,7 +680,7 @@ async function connectCase(ctx: Ctx): Promise<Row> {
   }
   return makeRow(
     'connect',
-    `connect + authenticate, ${fmt(CONNECT_DEVICES)} devices, ${IN_FLIGHT} in flight${sys.id === 'iotmp' ? ' (repeat logins)' : ''}`,
+    `connect + authenticate, ${fmt(CONNECT_DEVICES)} devices, ${IN_FLIGHT} in flight${sys.id === 'iotmp' ? ' (repeat logins)' : sys.id === 'floor' ? ' (no authentication)' : ''}`,
     sys.id,
     'connects/s',
     true,
@@ -667,6 +697,8 @@ async function startSystem(peer: PeerId, workDir: string): Promise<PeerSystem> {
       return startMosquitto(workDir, args.mosquitto);
     case 'aedes':
       return startAedes();
+    case 'floor':
+      return startFloor();
     case 'iotmp': {
       const dataDir = join(workDir, 'iotmp-data');
       mkdirSync(dataDir, { recursive: true });
@@ -702,6 +734,7 @@ async function benchSystem(
       for (const n of TELEMETRY_DEVICES)
         if (sys.id === 'iotmp')
           for (const mode of IOTMP_TELEMETRY) rows.push(await telemetryCase(ctx, n, mode));
+        else if (sys.id === 'floor') rows.push(await telemetryCase(ctx, n, 'topic'));
         else rows.push(await telemetryCase(ctx, n, undefined));
     if (CASES.has('rpc')) {
       await connectOrThrow(ctx, range(0, RPC_DEVICES), true, 'command devices');
@@ -736,7 +769,33 @@ function ratio(ours: Row | undefined, theirs: Row | undefined): number | undefin
   return ours.median.value / theirs.median.value;
 }
 
-function report(rows: Row[]): Array<{ goal: string; met: boolean; shown: string }> {
+interface Goal {
+  goal: string;
+  met: boolean;
+  shown: string;
+}
+
+/** What the Node.js floor reaches against one goal (`reachable`: the floor meets it). */
+interface FloorGoal {
+  goal: string;
+  target: string;
+  floor: string;
+  /** The same as numbers, in `unit` (round trips: calls/s; p99 in the strings only). */
+  targetValue: number;
+  floorValue: number;
+  unit: string;
+  reachable: boolean;
+  /** iotmp's median over the floor's. */
+  iotmpOverFloor: number | undefined;
+}
+
+interface FloorReport {
+  /** iotmp's median over the floor's, per case both ran. */
+  ratios: Array<{ key: CaseKey; caseName: string; unit: string; iotmpOverFloor: number }>;
+  goals: FloorGoal[];
+}
+
+function report(rows: Row[]): { goals: Goal[]; floor: FloorReport } {
   const byKey = (key: CaseKey, peer: PeerId) => rows.find((r) => r.key === key && r.peer === peer);
   const pct = (p: number | undefined) => (p === undefined || !Number.isFinite(p) ? '' : `${fmt(p)} %`);
   const ratioText = (r: number | undefined, row: Row) => {
@@ -745,9 +804,10 @@ function report(rows: Row[]): Array<{ goal: string; met: boolean; shown: string 
     return `${fmt(r, 2)}×`.concat(row.higherIsBetter ? '' : ' (lower is better)');
   };
   console.log(
-    '| case | system | result (median) | min–max | p50 | p90 | p99 | server CPU | msgs or calls per server-CPU-s | losses / errors | load generator CPU | other processes CPU | us / Mosquitto | us / Aedes |',
+    '| case | system | result (median) | min–max | p50 | p90 | p99 | server CPU | msgs or calls per server-CPU-s | losses / errors | load generator CPU | other processes CPU | vs Mosquitto | vs Aedes | iotmp / floor |',
   );
-  console.log('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  console.log('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  const floorRatios: FloorReport['ratios'] = [];
   for (const row of rows) {
     const m = row.median;
     const spread =
@@ -760,17 +820,21 @@ function report(rows: Row[]): Array<{ goal: string; met: boolean; shown: string 
     ]
       .filter(Boolean)
       .join(', ');
-    const isOurs = row.peer === 'iotmp';
-    const vsMosquitto = isOurs ? ratioText(ratio(row, byKey(row.key, 'mosquitto')), row) : '';
-    const vsAedes = isOurs ? ratioText(ratio(row, byKey(row.key, 'aedes')), row) : '';
+    // Ours and the floor against the brokers; ours against the floor.
+    const isNode = row.peer === 'iotmp' || row.peer === 'floor';
+    const vsMosquitto = isNode ? ratioText(ratio(row, byKey(row.key, 'mosquitto')), row) : '';
+    const vsAedes = isNode ? ratioText(ratio(row, byKey(row.key, 'aedes')), row) : '';
+    const overFloor = row.peer === 'iotmp' ? ratio(row, byKey(row.key, 'floor')) : undefined;
+    if (overFloor !== undefined)
+      floorRatios.push({ key: row.key, caseName: row.caseName, unit: row.unit, iotmpOverFloor: overFloor });
     console.log(
-      `| ${row.caseName} | ${PEER_NAMES[row.peer]} | ${resultText(row, m.value)} | ${spread} | ${msText(m.p50ms)} | ${msText(m.p90ms)} | ${msText(m.p99ms)} | ${pct(m.cpu?.serverCpuPct)} | ${fmt(m.perCpuSecond)} | ${lossText || (row.losses === 0 ? '0' : '')} | ${pct(m.cpu?.generatorCpuPct)} | ${pct(m.cpu?.otherCpuPct)} | ${vsMosquitto} | ${vsAedes} |`,
+      `| ${row.caseName} | ${PEER_NAMES[row.peer]} | ${resultText(row, m.value)} | ${spread} | ${msText(m.p50ms)} | ${msText(m.p90ms)} | ${msText(m.p99ms)} | ${pct(m.cpu?.serverCpuPct)} | ${fmt(m.perCpuSecond)} | ${lossText || (row.losses === 0 ? '0' : '')} | ${pct(m.cpu?.generatorCpuPct)} | ${pct(m.cpu?.otherCpuPct)} | ${vsMosquitto} | ${vsAedes} | ${ratioText(overFloor, row)} |`,
     );
   }
   console.log('');
   for (const row of rows)
     if (row.note) console.log(`- ${row.caseName}, ${PEER_NAMES[row.peer]}: ${row.note}`);
-  const goals: Array<{ goal: string; met: boolean; shown: string }> = [];
+  const goals: Goal[] = [];
   const t1000 = [byKey('telemetry-1000', 'iotmp'), byKey('telemetry-1000', 'mosquitto')] as const;
   if (t1000[0] && t1000[1]) {
     const r = t1000[0].median.value / t1000[1].median.value;
@@ -808,7 +872,74 @@ function report(rows: Row[]): Array<{ goal: string; met: boolean; shown: string 
       shown: `${fmt(r, 2)}× (${fmt(con[0].median.value)} vs ${fmt(con[1].median.value)} connects/s)`,
     });
   }
-  return goals;
+  return { goals, floor: { ratios: floorRatios, goals: floorGoals(byKey) } };
+}
+
+/** What the floor reaches against each goal: is the goal within reach of a Node.js server? */
+function floorGoals(byKey: (key: CaseKey, peer: PeerId) => Row | undefined): FloorGoal[] {
+  const out: FloorGoal[] = [];
+  const over = (key: CaseKey) => ratio(byKey(key, 'iotmp'), byKey(key, 'floor'));
+  const t = [byKey('telemetry-1000', 'floor'), byKey('telemetry-1000', 'mosquitto')] as const;
+  if (t[0] && t[1]) {
+    const target = GOALS.telemetryVsMosquitto * t[1].median.value;
+    out.push({
+      goal: 'telemetry at 1,000 devices',
+      target: `${GOALS.telemetryVsMosquitto}× Mosquitto = ${fmt(target)} msgs/s`,
+      floor: `${fmt(t[0].median.value)} msgs/s, ${fmt(t[0].losses)} lost`,
+      targetValue: target,
+      floorValue: t[0].median.value,
+      unit: 'msgs/s',
+      reachable: t[0].median.value >= target && t[0].losses === 0,
+      iotmpOverFloor: over('telemetry-1000'),
+    });
+  }
+  const rpc = [byKey('rpc-c100', 'floor'), byKey('rpc-c100', 'mosquitto')] as const;
+  if (rpc[0] && rpc[1]) {
+    const calls = GOALS.rpcCallsVsMosquitto * rpc[1].median.value;
+    const p99 = GOALS.rpcP99VsMosquitto * (rpc[1].median.p99ms ?? Number.NaN);
+    out.push({
+      goal: 'round trips at concurrency 100',
+      target: `${GOALS.rpcCallsVsMosquitto}× Mosquitto = ${fmt(calls)} calls/s, p99 <= ${msText(p99)}`,
+      floor: `${fmt(rpc[0].median.value)} calls/s, p99 ${msText(rpc[0].median.p99ms)}`,
+      targetValue: calls,
+      floorValue: rpc[0].median.value,
+      unit: 'calls/s',
+      reachable:
+        rpc[0].median.value >= calls &&
+        (rpc[0].median.p99ms ?? Number.POSITIVE_INFINITY) <= p99 &&
+        !rpc[0].errors,
+      iotmpOverFloor: over('rpc-c100'),
+    });
+  }
+  const mem = byKey(`memory-${DEVICES_MAX}`, 'floor');
+  if (mem) {
+    const bytes = mem.median.value * 1024;
+    out.push({
+      goal: `idle memory at ${fmt(DEVICES_MAX)} devices`,
+      target: `<= ${fmt(GOALS.bytesPerIdleDevice)} bytes RSS per device`,
+      floor: `${fmt(bytes)} bytes RSS per device`,
+      targetValue: GOALS.bytesPerIdleDevice,
+      floorValue: bytes,
+      unit: 'bytes/device',
+      reachable: bytes <= GOALS.bytesPerIdleDevice,
+      iotmpOverFloor: over(`memory-${DEVICES_MAX}`),
+    });
+  }
+  const con = [byKey('connect', 'floor'), byKey('connect', 'mosquitto')] as const;
+  if (con[0] && con[1]) {
+    const target = GOALS.connectVsMosquitto * con[1].median.value;
+    out.push({
+      goal: 'connect rate',
+      target: `${GOALS.connectVsMosquitto}× Mosquitto = ${fmt(target)} connects/s`,
+      floor: `${fmt(con[0].median.value)} connects/s`,
+      targetValue: target,
+      floorValue: con[0].median.value,
+      unit: 'connects/s',
+      reachable: con[0].median.value >= target && !con[0].errors,
+      iotmpOverFloor: over('connect'),
+    });
+  }
+  return out;
 }
 
 // --- main -------------------------------------------------------------------------------------
@@ -835,7 +966,7 @@ async function main(): Promise<void> {
     iotmpTelemetry: IOTMP_TELEMETRY,
     mosquitto: `${args.mosquitto} (${mosquittoVersion(args.mosquitto)})`,
   };
-  console.log('# Peer benchmark: iotmp vs Mosquitto vs Aedes');
+  console.log(`# Peer benchmark: ${PEERS.map((p) => PEER_NAMES[p]).join(' vs ')}`);
   console.log(
     `machine: ${machine.cpu}, ${machine.cores} cores, ${machine.memoryGb} GB RAM, node ${machine.node}; load average at start ${machine.loadAverageAtStart.join(' ')}`,
   );
@@ -865,19 +996,23 @@ async function main(): Promise<void> {
   console.log('');
   for (const s of systems) console.log(`- ${String(s.label)}: ${String(s.how)}`);
   console.log('');
-  const goals = report(rows);
+  const { goals, floor } = report(rows);
   console.log('');
   console.log(
-    `CPU: % of one core over the measured window (${machine.cores} cores = ${machine.cores * 100} %), from /proc. "other processes" is what the rest of the machine used meanwhile (not the system under test, not the load generator). Ratios are iotmp's median over the peer's median (memory: lower is better).`,
+    `CPU: % of one core over the measured window (${machine.cores} cores = ${machine.cores * 100} %), from /proc. "other processes" is what the rest of the machine used meanwhile (not the system under test, not the load generator). Ratios: "vs Mosquitto" and "vs Aedes" are the row's median (iotmp or the Node.js floor) over the broker's, "iotmp / floor" iotmp's median over the floor's (memory: lower is better).`,
   );
   console.log(
     `load average at start ${machine.loadAverageAtStart.join(' ')}, at end ${machine.loadAverageAtEnd.join(' ')}; total run time ${fmt((performance.now() - tStart) / 1000)} s.`,
   );
   console.log('');
   for (const g of goals) console.log(`goal ${g.goal}: ${g.met ? 'MET' : 'NOT MET'} — ${g.shown}`);
+  for (const g of floor.goals)
+    console.log(
+      `${g.goal}: goal ${g.target}; Node.js floor ${g.floor} (${g.reachable ? 'within reach' : 'out of reach'} of a Node.js server here)${g.iotmpOverFloor !== undefined ? `; iotmp at ${fmt(g.iotmpOverFloor, 2)}× the floor` : ''}`,
+    );
   if (args.json) {
     mkdirSync(dirname(args.json), { recursive: true });
-    writeFileSync(args.json, JSON.stringify({ machine, config, systems, rows, goals }, null, 2));
+    writeFileSync(args.json, JSON.stringify({ machine, config, systems, rows, goals, floor }, null, 2));
     note(`JSON written to ${args.json}`);
   }
   if (failure !== undefined) throw failure;
