@@ -1,8 +1,9 @@
 /**
  * The application side of the peer benchmark for our server: one WebSocket on the events API
- * (`/v2/users/{u}/events`, subscribed to `device_topic_publish` with a topic filter) that
- * receives every device's telemetry, spoken by hand (frames counted in place, one parsed to
- * check its content), as cheap as the MQTT consumer.
+ * (`/v2/users/{u}/events`) that receives every device's telemetry, subscribed either to
+ * `device_resource_stream` (the server streams one resource of every device) or to
+ * `device_topic_publish` with a topic filter; spoken by hand (frames counted in place, one
+ * parsed to check its content), as cheap as the MQTT consumer.
  */
 import { randomBytes } from 'node:crypto';
 import * as net from 'node:net';
@@ -10,7 +11,7 @@ import { SAMPLE } from './sim-protocol.js';
 
 const SIGNAL_KEY = Buffer.from('"signal":"');
 /** Bytes of a frame's payload needed to read its signal. */
-const PEEK = 96;
+const PEEK = 192;
 
 /** A client → server WebSocket text frame (masked, as clients must). */
 function maskedTextFrame(text: string): Buffer {
@@ -24,10 +25,37 @@ function maskedTextFrame(text: string): Buffer {
   return Buffer.concat([head, mask, body]);
 }
 
+/** Checks the first data frame (parsed); returns a problem, or undefined if it is as expected. */
+export type FrameCheck = (frame: unknown) => string | undefined;
+
+/** A `device_topic_publish` frame of a telemetry topic carrying the sample. */
+export const topicFrameCheck: FrameCheck = (f) => {
+  const frame = f as { payload?: { topic?: string; payload?: typeof SAMPLE } };
+  return /^dev\/\d+\/telemetry$/.test(frame.payload?.topic ?? '') &&
+    frame.payload?.payload?.temperature === SAMPLE.temperature &&
+    frame.payload.payload.humidity === SAMPLE.humidity
+    ? undefined
+    : 'unexpected data frame';
+};
+
+/** A `device_resource_stream` frame: a device and the sample as payload. */
+export const resourceFrameCheck: FrameCheck = (f) => {
+  const frame = f as { event?: string; device?: string; payload?: typeof SAMPLE };
+  return frame.event === 'device_resource_stream' &&
+    typeof frame.device === 'string' &&
+    frame.payload?.temperature === SAMPLE.temperature &&
+    frame.payload.humidity === SAMPLE.humidity
+    ? undefined
+    : 'unexpected data frame';
+};
+
 /** One events WebSocket counting `data` frames; the first is parsed and checked. */
 export class EventsConsumer {
   delivered = 0;
   started = false;
+  /** `start` frames: the subscription's acknowledgement, then one per device stream (fleet streams). */
+  starts = 0;
+  check: FrameCheck = topicFrameCheck;
   verified = false;
   problemCount = 0;
   readonly problems: string[] = [];
@@ -53,9 +81,11 @@ export class EventsConsumer {
     path: string,
     subscription: unknown,
     timeoutMs = 10_000,
+    check: FrameCheck = topicFrameCheck,
   ): Promise<EventsConsumer> {
     const sock = net.connect({ host: '127.0.0.1', port, noDelay: true });
     const consumer = new EventsConsumer(sock);
+    consumer.check = check;
     await new Promise<void>((resolve, reject) => {
       sock.once('connect', () => resolve());
       sock.once('error', reject);
@@ -157,17 +187,14 @@ export class EventsConsumer {
       if (!this.verified && available >= len) {
         this.verified = true;
         const text = buf.toString('utf8', start, start + len);
-        const frame = JSON.parse(text) as { payload?: { topic?: string; payload?: typeof SAMPLE } };
-        const ok =
-          /^dev\/\d+\/telemetry$/.test(frame.payload?.topic ?? '') &&
-          frame.payload?.payload?.temperature === SAMPLE.temperature &&
-          frame.payload.payload.humidity === SAMPLE.humidity;
-        if (!ok) this.problem(`unexpected data frame: ${text.slice(0, 300)}`);
+        const problem = this.check(JSON.parse(text));
+        if (problem) this.problem(`${problem}: ${text.slice(0, 300)}`);
       }
       return;
     }
     if (c === 0x73 /* s */ && buf[s + 2] === 0x61 /* start */) {
       this.started = true;
+      this.starts++;
       return;
     }
     this.problem(`frame: ${buf.toString('utf8', start, start + Math.min(len, available, 300))}`);

@@ -5,7 +5,7 @@
  *
  *   npm run bench:peers -- [--quick] [--seconds 5] [--runs 3] [--cases telemetry,rpc,memory,connect]
  *     [--peers mosquitto,aedes,iotmp,floor] [--devices-max 10000] [--json .bench-results/peers.json]
- *     [--generators 2] [--window 1000] [--iotmp-telemetry topic|resource|both] [--profile dir]
+ *     [--generators 2] [--window 1000] [--iotmp-telemetry topic|fleet|resource|all] [--profile dir]
  *     [--server-flag <node flag>]... [--server-main path/to/main.js] [--mosquitto /usr/sbin/mosquitto]
  *     [--no-inspect] [--keep]
  *
@@ -26,6 +26,9 @@
  *    each device's resource for one WebSocket per device instead). Closed loop: at most
  *    `--window` messages in flight (sent, not yet received). Delivered msgs/s, server CPU,
  *    msgs per server-CPU-second, losses (sent − received once drained).
+ *    `--iotmp-telemetry fleet`: the events WebSocket subscribes to `device_resource_stream` on
+ *    the devices' telemetry resource instead; the server opens a stream on every device and
+ *    the devices stream on it (no interval: the device's own events).
  * 2. command round trip over 100 devices, concurrency 1 and 100. MQTT: PUBLISH to dev/<i>/cmd
  *    with a correlation id, the device answers on dev/<i>/resp, the application (one
  *    connection, subscribed to dev/+/resp) matches the id. IOTMP: REST GET …/resources/sample
@@ -44,7 +47,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Generators } from './peers-generator.js';
-import { EventsConsumer } from './peers-iotmp.js';
+import { EventsConsumer, resourceFrameCheck } from './peers-iotmp.js';
 import { digitsAt, encodePublish, MqttClient } from './peers-mqtt.js';
 import {
   COMMAND_ID_PREFIX,
@@ -91,7 +94,7 @@ const { values: args } = parseArgs({
     json: { type: 'string', default: '.bench-results/peers.json' },
     generators: { type: 'string', default: '2' },
     window: { type: 'string', default: '1000' },
-    'iotmp-telemetry': { type: 'string', default: 'topic' },
+    'iotmp-telemetry': { type: 'string', default: 'fleet' },
     profile: { type: 'string' },
     'server-flag': { type: 'string', multiple: true, default: [] },
     'server-main': { type: 'string' },
@@ -113,10 +116,13 @@ const PEERS = String(args.peers)
 const GENERATORS = Math.max(1, Number(args.generators));
 /** Telemetry messages in flight (sent by devices, not yet received by the consumer), in total. */
 const WINDOW = Math.max(16, Number(args.window));
-const IOTMP_TELEMETRY: Array<'topic' | 'resource'> =
-  args['iotmp-telemetry'] === 'both'
-    ? ['topic', 'resource']
-    : [args['iotmp-telemetry'] === 'resource' ? 'resource' : 'topic'];
+type IotmpTelemetry = 'topic' | 'fleet' | 'resource';
+const IOTMP_TELEMETRY: IotmpTelemetry[] =
+  args['iotmp-telemetry'] === 'all'
+    ? ['topic', 'fleet', 'resource']
+    : String(args['iotmp-telemetry'])
+        .split(',')
+        .filter((m): m is IotmpTelemetry => ['topic', 'fleet', 'resource'].includes(m));
 const TELEMETRY_DEVICES = [1, 100, 1000].filter((n) => n <= DEVICES_MAX);
 const RPC_DEVICES = Math.min(100, DEVICES_MAX);
 const RPC_CONCURRENCY = [1, 100];
@@ -328,12 +334,27 @@ async function mqttConsumer(port: number): Promise<Consumer> {
   return { delivered: () => delivered, problems: () => problems, close: () => client.close() };
 }
 
-async function iotmpConsumer(
-  sys: IotmpSystem,
-  mode: 'topic' | 'resource',
-  devices: number[],
-): Promise<Consumer> {
+async function iotmpConsumer(sys: IotmpSystem, mode: IotmpTelemetry, devices: number[]): Promise<Consumer> {
   const token = encodeURIComponent(sys.rest.token);
+  if (mode === 'fleet') {
+    const c = await EventsConsumer.open(
+      sys.server.httpPort,
+      `/v2/users/${BENCH_USER}/events?authorization=${token}`,
+      { event: 'device_resource_stream', filters: { resource: SAMPLE_RESOURCE } },
+      10_000,
+      resourceFrameCheck,
+    );
+    // The acknowledgement, then a start per device stream.
+    const deadline = performance.now() + 60_000;
+    while (c.starts < devices.length + 1) {
+      if (performance.now() > deadline || c.problemCount > 0)
+        throw new Error(
+          `only ${c.starts - 1} of ${devices.length} device streams started within 60 s; ${c.problems.join('; ')}`,
+        );
+      await sleep(20);
+    }
+    return { delivered: () => c.delivered, problems: () => c.problems, close: () => c.close() };
+  }
   if (mode === 'topic') {
     const c = await EventsConsumer.open(
       sys.server.httpPort,
@@ -373,7 +394,7 @@ async function floorConsumer(sys: FloorSystem): Promise<Consumer> {
   return { delivered: () => c.delivered, problems: () => c.problems, close: () => c.close() };
 }
 
-async function telemetryCase(ctx: Ctx, n: number, mode: 'topic' | 'resource' | undefined): Promise<Row> {
+async function telemetryCase(ctx: Ctx, n: number, mode: IotmpTelemetry | undefined): Promise<Row> {
   const { sys, gens } = ctx;
   const devices = range(0, n);
   const modeText =
@@ -381,7 +402,9 @@ async function telemetryCase(ctx: Ctx, n: number, mode: 'topic' | 'resource' | u
       ? ''
       : mode === 'topic'
         ? ' (topic, 1 WebSocket)'
-        : ` (resource streams, ${n} WebSocket${n === 1 ? '' : 's'})`;
+        : mode === 'fleet'
+          ? ' (device_resource_stream, 1 WebSocket)'
+          : ` (resource streams, ${n} WebSocket${n === 1 ? '' : 's'})`;
   note(`${sys.label}: telemetry, ${n} device${n === 1 ? '' : 's'}${modeText}…`);
   await connectOrThrow(ctx, devices, false, 'telemetry devices');
   const consumer =
@@ -390,7 +413,7 @@ async function telemetryCase(ctx: Ctx, n: number, mode: 'topic' | 'resource' | u
       : sys.id === 'floor'
         ? await floorConsumer(sys as FloorSystem)
         : await mqttConsumer(sys.devicePort);
-  if (mode !== 'resource') {
+  if (mode !== 'resource' && mode !== 'fleet') {
     const s = await gens.openStreams(30_000);
     if (s.failed > 0)
       throw new Error(`${s.failed} devices could not open their stream: ${s.errors.join('; ')}`);

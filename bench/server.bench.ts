@@ -5,7 +5,7 @@
  * client (undici) and WebSocket consumer.
  *
  *   node bench/dist/server.bench.js [--json file] [--profile dir] [--seconds 5] [--runs 3]
- *     [--devices 10000] [--rest-devices 100] [--stream-devices 1000] [--sims 2]
+ *     [--devices 10000] [--rest-devices 100] [--stream-devices 1000] [--stream-via fleet|sockets] [--sims 2]
  *     [--http-client undici|raw|both] [--shared-source-address]
  *     [--server-flag <node flag>]... [--server-main path/to/main.js] [--no-inspect] [--keep]
  *     [--cases logins,rest,stream]   (logins = first and repeat logins and the memory case)
@@ -18,9 +18,10 @@
  *    repeat login (every device disconnects and logs in again: cached verifier), 100 in flight.
  * 3. memory per idle connected device: server RSS (/proc/<pid>/status VmRSS) and V8 heap
  *    before and after connecting all devices (10,000), each time after a forced GC.
- * 4. STREAM_DATA from 1,000 devices to one WebSocket consumer (one socket per device
- *    resource, event streams): messages/s delivered, closed loop (devices send what the
- *    consumer has received plus a window).
+ * 4. STREAM_DATA from 1,000 devices to one WebSocket consumer (the events API's
+ *    `device_resource_stream` on every device's sample resource; `--stream-via sockets`: one
+ *    resource WebSocket per device instead): messages/s delivered, closed loop (devices send
+ *    what the consumer has received plus a window).
  *
  * Devices are created through the REST API, which hashes each credential with scrypt
  * (N = 2^15: ~0.1–0.5 s of a core each on this machine, so 10,000 would take 10–40 minutes).
@@ -42,6 +43,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
+import { EventsConsumer, resourceFrameCheck } from './peers-iotmp.js';
 import {
   type CpuProfile,
   Inspector,
@@ -74,6 +76,7 @@ const { values: args } = parseArgs({
     devices: { type: 'string', default: '10000' },
     'rest-devices': { type: 'string', default: '100' },
     'stream-devices': { type: 'string', default: '1000' },
+    'stream-via': { type: 'string', default: 'fleet' },
     sims: { type: 'string', default: '2' },
     'http-client': { type: 'string', default: 'undici' },
     'server-flag': { type: 'string', multiple: true, default: [] },
@@ -99,7 +102,17 @@ const HTTP_CLIENTS: HttpClientKind[] =
   args['http-client'] === 'both' ? ['undici', 'raw'] : [args['http-client'] === 'raw' ? 'raw' : 'undici'];
 const IN_FLIGHT_LOGINS = 100;
 /** STREAM_DATA frames a streaming device may have on the way to the consumer. */
-const STREAM_WINDOW_PER_DEVICE = 16;
+const STREAM_WINDOW_PER_SOCKET = 16;
+/**
+ * fleet: one events WebSocket subscribed to `device_resource_stream` on every device's sample
+ * resource; sockets: one resource WebSocket per device (in one consumer process).
+ */
+const STREAM_VIA = args['stream-via'] === 'sockets' ? 'sockets' : 'fleet';
+/**
+ * Frames on the way per device. One events socket carries every device's frames, so its
+ * window stays well under the server's 1 MiB per-consumer send buffer (2 × 1,000 × ~150 bytes).
+ */
+const STREAM_WINDOW_PER_DEVICE = STREAM_VIA === 'fleet' ? 2 : STREAM_WINDOW_PER_SOCKET;
 
 const TARGETS = {
   restCallsPerSecond: 20_000,
@@ -424,9 +437,46 @@ interface StreamResult {
   cpu: CpuFigures;
 }
 
-async function streaming(ctx: Ctx, indices: number[]): Promise<StreamResult> {
-  const consumer = new StreamConsumer(ctx.server.httpPort, ctx.sims.length);
+/** What the streaming case reads from its consumer, whichever way it subscribed. */
+interface StreamReader {
+  total(): number;
+  /** Delivered per simulator (undefined: only the total is known). */
+  delivered(k: number): number | undefined;
+  verified(): number;
+  problems(): string[];
+  problemCount(): number;
+  close(): void;
+}
+
+async function openStreamReader(ctx: Ctx, indices: number[]): Promise<StreamReader> {
   const token = encodeURIComponent(ctx.rest.token);
+  if (STREAM_VIA === 'fleet') {
+    const c = await EventsConsumer.open(
+      ctx.server.httpPort,
+      `/v2/users/${BENCH_USER}/events?authorization=${token}`,
+      { event: 'device_resource_stream', filters: { resource: SAMPLE_RESOURCE } },
+      10_000,
+      resourceFrameCheck,
+    );
+    // The acknowledgement, then one start per device stream.
+    const deadline = performance.now() + 60_000;
+    while (c.starts < indices.length + 1) {
+      if (performance.now() > deadline || c.problemCount > 0)
+        throw new Error(
+          `only ${c.starts - 1} of ${indices.length} device streams started within 60 s; ${c.problems.join('; ')}`,
+        );
+      await sleep(50);
+    }
+    return {
+      total: () => c.delivered,
+      delivered: () => undefined,
+      verified: () => (c.verified ? 1 : 0),
+      problems: () => c.problems,
+      problemCount: () => c.problemCount,
+      close: () => c.close(),
+    };
+  }
+  const consumer = new StreamConsumer(ctx.server.httpPort, ctx.sims.length);
   await consumer.open(
     indices.map((i) => ({
       path: `/v3/users/${BENCH_USER}/devices/${deviceName(i)}/resources/${SAMPLE_RESOURCE}?authorization=${token}`,
@@ -442,16 +492,33 @@ async function streaming(ctx: Ctx, indices: number[]): Promise<StreamResult> {
       );
     await sleep(50);
   }
+  return {
+    total: () => consumer.total,
+    delivered: (k) => consumer.delivered[k] as number,
+    verified: () => consumer.verified,
+    problems: () => consumer.problems,
+    problemCount: () => consumer.problemCount,
+    close: () => consumer.close(),
+  };
+}
+
+async function streaming(ctx: Ctx, indices: number[]): Promise<StreamResult> {
+  const consumer = await openStreamReader(ctx, indices);
   const dropped0 = await ctx.rest.metric('iotmp_ws_messages_dropped_total');
   // Closed loop: each simulator may have `window` frames on the way (sent, not yet received).
   const windows = ctx.sims.map(
     (_, k) => STREAM_WINDOW_PER_DEVICE * indices.filter((i) => i % ctx.sims.length === k).length,
   );
   const granted = ctx.sims.map(() => 0);
+  // One events socket cannot tell which simulator a frame came from: each simulator's share of
+  // the total, in proportion to its devices, bounds the same total in flight.
+  const totalWindow = windows.reduce((a, b) => a + b, 0);
+  const deliveredBy = (k: number) =>
+    consumer.delivered(k) ?? (consumer.total() * (windows[k] as number)) / totalWindow;
   const grant = () => {
     ctx.sims.forEach((sim, k) => {
       const w = windows[k] as number;
-      const room = w - ((granted[k] as number) - (consumer.delivered[k] as number));
+      const room = Math.floor(w - ((granted[k] as number) - deliveredBy(k)));
       if (room >= w / 4) {
         sim.send({ op: 'credit', n: room });
         granted[k] = (granted[k] as number) + room;
@@ -463,10 +530,10 @@ async function streaming(ctx: Ctx, indices: number[]): Promise<StreamResult> {
   await sleep(2000); // warm-up
   const measured: Array<{ messages: number; messagesPerSecond: number; cpu: CpuFigures }> = [];
   for (let r = 0; r < RUNS; r++) {
-    const m0 = consumer.total;
+    const m0 = consumer.total();
     const end = await beginWindow(ctx, 'stream');
     await sleep(SECONDS * 1000);
-    const m1 = consumer.total;
+    const m1 = consumer.total();
     const cpu = await end();
     measured.push({ messages: m1 - m0, messagesPerSecond: ((m1 - m0) * 1000) / cpu.elapsedMs, cpu });
   }
@@ -478,12 +545,12 @@ async function streaming(ctx: Ctx, indices: number[]): Promise<StreamResult> {
   return {
     runs: m.values,
     devices: indices.length,
-    sockets: indices.length,
+    sockets: STREAM_VIA === 'fleet' ? 1 : indices.length,
     ...m.median,
     dropped: dropped1 - dropped0,
-    verifiedSockets: consumer.verified,
-    problems: consumer.problems,
-    problemCount: consumer.problemCount,
+    verifiedSockets: consumer.verified(),
+    problems: consumer.problems(),
+    problemCount: consumer.problemCount(),
   };
 }
 
@@ -619,7 +686,9 @@ async function restCases(ctx: Ctx, rows: Row[], json: Record<string, unknown>): 
 
 /** STREAM_DATA from STREAM_DEVICES devices to one WebSocket consumer. */
 async function streamCase(ctx: Ctx, rows: Row[], json: Record<string, unknown>): Promise<StreamResult> {
-  note(`streaming: ${STREAM_DEVICES} devices, one WebSocket per device resource…`);
+  note(
+    `streaming: ${STREAM_DEVICES} devices, ${STREAM_VIA === 'fleet' ? 'one events WebSocket (device_resource_stream)' : 'one WebSocket per device resource'}…`,
+  );
   const devices = range(0, STREAM_DEVICES);
   checkLogins(
     await login(ctx, devices, 'stream devices', { deadlineMs: 600_000, timeoutMs: 600_000 }),
@@ -629,7 +698,7 @@ async function streamCase(ctx: Ctx, rows: Row[], json: Record<string, unknown>):
   if (stream.problemCount > 0)
     note(`  stream: ${stream.problemCount} unexpected frames, e.g. ${stream.problems.join(' | ')}`);
   rows.push({
-    name: `STREAM_DATA ${fmt(stream.devices)} devices → 1 consumer (${fmt(stream.sockets)} WebSockets), delivered`,
+    name: `STREAM_DATA ${fmt(stream.devices)} devices → 1 consumer (${stream.sockets === 1 ? '1 WebSocket, device_resource_stream' : `${fmt(stream.sockets)} WebSockets`}), delivered`,
     result: `${fmt(stream.messagesPerSecond)} messages/s${spread(stream.runs)}${stream.dropped ? ` (${fmt(stream.dropped)} dropped)` : ''}`,
     cpu: stream.cpu,
   });
