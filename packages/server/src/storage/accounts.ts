@@ -192,11 +192,28 @@ export class AccountStore {
     }
   }
 
+  /**
+   * Every API request looks its user up (a token must name a user that exists): users found
+   * are remembered. Users are never changed or deleted here; a method that does must drop the
+   * entry. Misses are not remembered, so a user created later is found.
+   */
+  private readonly users = new Map<string, UserRecord>();
+
   getUser(username: string): UserRecord | undefined {
+    const known = this.users.get(username);
+    if (known) return known;
     const row = this.st.getUser.get(username) as
       | { username: string; password_hash: string; created_at: number }
       | undefined;
-    return row && { username: row.username, passwordHash: row.password_hash, createdAt: row.created_at };
+    if (!row) return undefined;
+    const user = Object.freeze({
+      username: row.username,
+      passwordHash: row.password_hash,
+      createdAt: row.created_at,
+    });
+    if (this.users.size >= 10_000) this.users.clear();
+    this.users.set(username, user);
+    return user;
   }
 
   countUsers(): number {
