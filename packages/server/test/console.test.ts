@@ -208,6 +208,8 @@ describe('web console in Chromium', () => {
     await page.screenshot({ path: shot('credentials') });
     await page.click('[data-testid=credentials-done]');
     await page.waitForSelector('[data-testid="device-row-greenhouse-1"]');
+    // The list may render before the dialog is removed: wait (bounded) for the credentials to go.
+    await page.waitForSelector('[data-testid=created-credentials]', { state: 'detached', timeout: 10_000 });
     assert.equal(await page.$('[data-testid=created-credentials]'), null, 'the credentials are gone');
     assert.deepEqual(
       await texts(page, '[data-testid="device-row-greenhouse-1"] [data-testid=device-state]'),
