@@ -64,6 +64,8 @@ export interface RunningServer {
   readonly tokens: TokenService;
   /** Data buckets (tests and tools: sweep, compact, count). */
   readonly buckets: BucketStore;
+  /** Server events of each user (tests: who listens). */
+  readonly events: EventBus;
   readonly log: Logger;
   /** Stops accepting, disconnects devices, finishes in-flight calls (bounded), closes storage. */
   close(): Promise<void>;
@@ -128,6 +130,11 @@ export async function startServer(
       metrics.bucketCommit.observe(seconds);
     },
     onWarning: (message, details) => log.warn({ component: 'buckets', ...details }, message),
+    // Records as they are written become bucket_write events (only when someone listens).
+    onWrite: (username, bucket) =>
+      events.listenerCount(username, 'bucket_write') > 0
+        ? (ts, data) => events.publish(username, 'bucket_write', { bucket, ts, data })
+        : undefined,
   });
   const endpoints = new EndpointRunner({
     store: new EndpointStore(db),
@@ -440,6 +447,7 @@ export async function startServer(
     accounts,
     tokens,
     buckets,
+    events,
     log,
     close,
   };

@@ -58,7 +58,7 @@ describe('Thinger.io API compatibility', () => {
     assert.equal((await t.api('GET', `/v3/users/${ADMIN}/devices/compat1/resources/api/api`)).status, 200);
   });
 
-  it('device list: `name` filters by id or name (literally, any case); product and asset filters find nothing', async () => {
+  it('device list: plain-text `name` is a substring of id or name (any case); product and asset filters find nothing', async () => {
     await t.createDevice('kitchen-1', 'compat-credential-2', { name: 'Fridge' });
     await t.createDevice('garden_1', 'compat-credential-3', { name: 'Sprinkler' });
     const ids = async (q: string) => {
@@ -136,6 +136,7 @@ describe('Thinger.io tools: server metadata and probes', () => {
     const res = await t.request('GET', '/v1/server/events');
     assert.equal(res.status, 200);
     assert.deepEqual(res.body, [
+      { event: 'bucket_write', filters: [{ field: 'bucket' }], role: 'user' },
       {
         event: 'device_property_update',
         filters: [{ field: 'device' }, { field: 'property' }],
@@ -510,6 +511,149 @@ describe('Thinger.io tools: devices', () => {
     // The fixed routes of the same place still win.
     const stats = await t.api('GET', `/v1/users/${ADMIN}/devices/legacy-dev/stats`);
     assert.equal((stats.body as Json).connected, true);
+  });
+});
+
+describe('Thinger.io tools: list `name` filters are case-insensitive regular expressions', () => {
+  const list = async (path: string, token?: string) => {
+    const res = await t.request('GET', path, { token: token ?? t.adminToken });
+    assert.equal(res.status, 200, `${path}: ${res.bytes.toString()}`);
+    return {
+      ids: (res.body as Json[]).map((d) => (d.device ?? d.endpoint ?? d.bucket) as string),
+      total: res.headers.get('x-total-count'),
+    };
+  };
+  const q = (pattern: string) => encodeURIComponent(pattern);
+
+  before(async () => {
+    await t.createDevice('rx-alpha', 'rx-alpha-secret', { name: 'Revpi Kitchen' });
+    await t.createDevice('rx-beta', 'rx-beta-secret', { name: 'Jetson Nano' });
+    await t.createDevice('rx-gamma-1', 'rx-gamma-secret', { name: 'Other' });
+  });
+
+  it('thinr device list: a regex searched in ids and names, any case; paging and x-total-count follow it', async () => {
+    const devices = (pattern: string, extra = '') => list(`${U}/devices?name=${q(pattern)}${extra}`);
+    // thinr-cli's README examples: alternation, anchors (on the id or on the name).
+    assert.deepEqual(await devices('^RX-A|jetson'), { ids: ['rx-alpha', 'rx-beta'], total: '2' });
+    assert.deepEqual(await devices('^revpi'), { ids: ['rx-alpha'], total: '1' });
+    assert.deepEqual(await devices('gamma-\\d$'), { ids: ['rx-gamma-1'], total: '1' });
+    assert.deepEqual(await devices('^rx-.*a$'), { ids: ['rx-alpha', 'rx-beta'], total: '2' });
+    assert.deepEqual(await devices('^rx-[ab]'), { ids: ['rx-alpha', 'rx-beta'], total: '2' });
+    assert.deepEqual(await devices('^rx-', '&count=1&index=1'), { ids: ['rx-beta'], total: '3' });
+    assert.deepEqual(await devices('^rx-', '&count=2&index=2'), { ids: ['rx-gamma-1'], total: '3' });
+    assert.deepEqual(await devices('^rx-alpha$|^nomatch$'), { ids: ['rx-alpha'], total: '1' });
+    assert.deepEqual(await devices('^rx-zzz'), { ids: [], total: '0' });
+    // Plain text is a substring ("." matches itself too).
+    assert.deepEqual(await devices('RX-GAMMA'), { ids: ['rx-gamma-1'], total: '1' });
+    // Empty: no filter (the Node-RED editor may send name=).
+    const all = await list(`${U}/devices?name=`);
+    assert.ok(all.ids.includes('rx-alpha') && all.ids.includes('rx-beta'));
+    assert.equal(all.total, String(all.ids.length));
+  });
+
+  it('a token limited to devices filters among its devices', async () => {
+    const created = await t.api('POST', `${U}/tokens`, {
+      json: { name: 'rx-limited', allow: { Device: { 'rx-alpha': '*', 'rx-gamma-1': '*' } } },
+    });
+    assert.equal(created.status, 201, created.bytes.toString());
+    const token = (created.body as { access_token: string }).access_token;
+    assert.deepEqual(await list(`${U}/devices?name=${q('^rx-')}`, token), {
+      ids: ['rx-alpha', 'rx-gamma-1'],
+      total: '2',
+    });
+    assert.deepEqual(await list(`${U}/devices?name=${q('kitchen|nano')}`, token), {
+      ids: ['rx-alpha'],
+      total: '1',
+    });
+  });
+
+  it('patterns the non-backtracking matcher cannot run are refused with 400; none is slow', async () => {
+    for (const bad of ['(rx)-alpha', 'rx{2}', '*rx', 'rx[', 'a**']) {
+      const res = await t.api('GET', `${U}/devices?name=${q(bad)}`);
+      assertErrorBody(res, 400, 'invalid_request');
+      assert.match((res.body as { error: { message: string } }).error.message, /^name: /, bad);
+    }
+    assertErrorBody(await t.api('GET', `${U}/devices?name=${'a'.repeat(129)}`), 400, 'invalid_request');
+    // The worst case for a backtracking engine, on every device: linear here.
+    const started = performance.now();
+    const evil = await list(`${U}/devices?name=${q(`${'a*'.repeat(60)}b`)}`);
+    assert.ok(performance.now() - started < 2000, `took ${performance.now() - started} ms`);
+    assert.ok(Array.isArray(evil.ids));
+  });
+
+  it('node-red editor: endpoints and buckets take the same `name` filter', async () => {
+    for (const [endpoint, name] of [
+      ['rx-ep-1', 'Slack alert'],
+      ['rx-ep-2', 'Mail'],
+    ]) {
+      const res = await t.api('POST', `${U}/endpoints`, {
+        json: { endpoint, name, profile: { url: 'https://example.com/hook', method: 'POST' } },
+      });
+      assert.equal(res.status, 201, res.bytes.toString());
+    }
+    assert.deepEqual(await list(`${U}/endpoints?name=slack`), { ids: ['rx-ep-1'], total: '1' });
+    assert.deepEqual(await list(`${U}/endpoints?name=${q('^rx-ep-')}`), {
+      ids: ['rx-ep-1', 'rx-ep-2'],
+      total: '2',
+    });
+    assert.deepEqual(await list(`${U}/endpoints?name=${q('^rx-ep-')}&count=1&index=1`), {
+      ids: ['rx-ep-2'],
+      total: '2',
+    });
+    assert.deepEqual(await list(`${U}/endpoints?name=${q('^MAIL$')}`), { ids: ['rx-ep-2'], total: '1' });
+    assertErrorBody(await t.api('GET', `${U}/endpoints?name=${q('(slack)')}`), 400, 'invalid_request');
+    const unfiltered = await list(`${U}/endpoints?name=`);
+    assert.ok(unfiltered.ids.includes('rx-ep-1') && unfiltered.ids.includes('rx-ep-2'));
+
+    for (const bucket of ['rx-bucket-a', 'rx-bucket-b'])
+      assert.equal(
+        (
+          await t.api('POST', `${U}/buckets`, {
+            json: { bucket, name: bucket.toUpperCase(), source: 'write' },
+          })
+        ).status,
+        201,
+      );
+    assert.deepEqual(await list(`${U}/buckets?name=${q('^RX-BUCKET-[b-z]')}`), {
+      ids: ['rx-bucket-b'],
+      total: '1',
+    });
+    assert.deepEqual(await list(`${U}/buckets?name=rx-bucket`), {
+      ids: ['rx-bucket-a', 'rx-bucket-b'],
+      total: '2',
+    });
+    assertErrorBody(await t.api('GET', `${U}/buckets?name=${q('b{1}')}`), 400, 'invalid_request');
+  });
+});
+
+describe('Thinger.io tools: device statistics', () => {
+  it('thinger-node readDevicesStatistics: GET /v1/users/{u}/info/devices/stats counts devices and connected ones', async () => {
+    const before = await t.api('GET', `${U}/info/devices/stats`);
+    assert.equal(before.status, 200, before.bytes.toString());
+    const b = before.body as { devices: number; connected: number; disconnected: number };
+    assert.deepEqual(keys(b), ['connected', 'devices', 'disconnected']);
+    assert.equal(b.devices, (await t.deviceIds()).length);
+    assert.equal(b.disconnected, b.devices - b.connected);
+    await t.createDevice('stats-dev', 'stats-dev-secret');
+    const device = t.device('tcp', 1, 'stats-dev', 'stats-dev-secret');
+    await device.connect();
+    const after = (await t.api('GET', `${U}/info/devices/stats`)).body as typeof b;
+    assert.deepEqual(after, {
+      devices: b.devices + 1,
+      connected: b.connected + 1,
+      disconnected: b.disconnected,
+    });
+    // A token limited to devices counts those.
+    const created = await t.api('POST', `${U}/tokens`, {
+      json: { name: 'stats-limited', allow: { Device: { 'stats-dev': '*', 'no-such-dev': '*' } } },
+    });
+    const token = (created.body as { access_token: string }).access_token;
+    const limited = await t.request('GET', `${U}/info/devices/stats`, { token });
+    assert.equal(limited.status, 200, limited.bytes.toString());
+    assert.deepEqual(limited.body, { devices: 1, connected: 1, disconnected: 0 });
+    await device.close();
+    assertErrorBody(await t.api('GET', '/v1/users/somebody-else/info/devices/stats'), 403, 'forbidden');
+    assertErrorBody(await t.request('GET', `${U}/info/devices/stats`), 401, 'unauthorized');
   });
 });
 

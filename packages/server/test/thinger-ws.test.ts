@@ -393,12 +393,11 @@ describe('WebSocket API: Thinger.io tools', () => {
       'invalid_frame',
       /unknown filter/,
     );
-    // thinr-cli's dashboard also subscribes to these on the same socket.
     await refused(
-      { event: 'bucket_write', filters: { bucket: 'monitoring' } },
+      { event: 'bucket_write', filters: { device: 'x' } },
       'bucket_write',
-      'unknown_event',
-      /event must be one of/,
+      'invalid_frame',
+      /unknown filter "device" \(expected bucket\)/,
     );
     await refused({ event: 'alarm_instance_activate' }, 'alarm_instance_activate', 'unknown_event', /one of/);
     c.send({ event: 'device_state_change' });
@@ -409,6 +408,167 @@ describe('WebSocket API: Thinger.io tools', () => {
     });
     assert.equal(c.closed, undefined);
     await c.close();
+  });
+
+  test('GET /v1/server/events lists what the events socket takes: each event with its listed filters is acknowledged', async () => {
+    const listed = (await t.request('GET', '/v1/server/events')).body as Array<{
+      event: string;
+      filters: Array<{ field: string; hints?: string[] }>;
+    }>;
+    const values: Record<string, string> = {
+      device: 'list-dev',
+      property: 'p',
+      state: 'connected',
+      topic: 'a/b',
+      resource: 'r',
+      bucket: 'list-bucket',
+    };
+    const c = await Client.open(t, `/v2/users/${ADMIN}/events`);
+    for (const { event, filters } of listed) {
+      const given = Object.fromEntries(filters.map((f) => [f.field, f.hints?.[0] ?? values[f.field]]));
+      c.send({ event, filters: given });
+      const ack = await c.next((f) => f.json?.event === event, `answer to ${event}`);
+      assert.equal(ack.json?.signal, 'start', `${event}: ${ack.data.toString()}`);
+      assert.deepEqual((ack.json?.payload as { filters?: unknown } | undefined)?.filters, given);
+      // A field the list does not name is refused.
+      c.send({ event, filters: { ...given, colour: 'red' } });
+      const refused = await c.next((f) => f.json?.event === event, `refusal of colour on ${event}`);
+      assert.equal(refused.json?.signal, 'error', refused.data.toString());
+    }
+    // And the socket knows no event the list leaves out.
+    c.send({ event: 'device_.*' });
+    const unknown = await c.json({ signal: 'error' });
+    const named = /^event must be one of: (.*)$/.exec((unknown.payload as { message: string }).message)?.[1];
+    assert.deepEqual(
+      named?.split(', ').sort(),
+      listed.map((e) => e.event),
+    );
+    await c.close();
+  });
+
+  test('thinr-cli dashboard: bucket_write {bucket: "monitoring"} streams each record written (REST, device, device-sourced) as {event, user, bucket, ts, data}', async () => {
+    const buckets = `/v1/users/${ADMIN}/buckets`;
+    for (const body of [
+      { bucket: 'monitoring', source: 'write' },
+      { bucket: 'other-writes', source: 'write' },
+    ])
+      assert.equal((await t.api('POST', buckets, { json: body })).status, 201);
+    const c = await Client.open(t, `/v2/users/${ADMIN}/events`);
+    c.send({ event: 'bucket_write', filters: { bucket: 'monitoring' } });
+    assert.deepEqual(await c.json({ signal: 'start' }), {
+      event: 'bucket_write',
+      signal: 'start',
+      payload: { filters: { bucket: 'monitoring' } },
+    });
+    await waitFor(() => t.server.events.listenerCount(ADMIN, 'bucket_write') === 1, 'one bus listener');
+    const v1 = await Client.open(t, `/v1/users/${ADMIN}/events`);
+    v1.send({ event: 'bucket_.*', bucket: 'mon.*' });
+
+    // REST: an array with timestamps, then one record without (the server's time).
+    const ts = Date.now() - 60_000;
+    assert.equal(
+      (await t.api('POST', `${buckets}/other-writes/data`, { json: { skipped: true } })).status,
+      200,
+    );
+    const written = await t.api('POST', `${buckets}/monitoring/data`, {
+      json: [
+        { ts, device: 'agent-1', cpu: { usage: 12.5 } },
+        { ts: ts + 1, device: 'agent-2', cpu: { usage: 50 } },
+      ],
+    });
+    assert.equal(written.status, 200, written.bytes.toString());
+    assert.deepEqual(await c.json({ event: 'bucket_write', signal: 'data' }), {
+      event: 'bucket_write',
+      signal: 'data',
+      user: ADMIN,
+      bucket: 'monitoring',
+      ts,
+      data: { ts, device: 'agent-1', cpu: { usage: 12.5 } },
+    });
+    assert.deepEqual((await c.json({ event: 'bucket_write', signal: 'data' })).data, {
+      ts: ts + 1,
+      device: 'agent-2',
+      cpu: { usage: 50 },
+    });
+    await t.api('POST', `${buckets}/monitoring/data`, { json: { device: 'agent-3', load: 1 } });
+    const auto = zeroTs(await c.json({ event: 'bucket_write', signal: 'data' }));
+    assert.deepEqual(auto, {
+      event: 'bucket_write',
+      signal: 'data',
+      user: ADMIN,
+      bucket: 'monitoring',
+      ts: 0,
+      data: { device: 'agent-3', load: 1 },
+    });
+    // v1: the same records, flat, no signal; the write to other-writes reached neither.
+    const flat = (await v1.next((f) => f.json?.event === 'bucket_write', 'v1 bucket_write')).json;
+    assert.deepEqual(flat, {
+      event: 'bucket_write',
+      user: ADMIN,
+      bucket: 'monitoring',
+      ts,
+      data: { ts, device: 'agent-1', cpu: { usage: 12.5 } },
+    });
+    assert.ok(
+      [...c.all(), ...v1.all()].every((f) => f.bucket !== 'other-writes'),
+      'a write to another bucket is not sent',
+    );
+
+    // A device writing (code 5), and a device-sourced bucket sampling the device's stream.
+    const d = await connectDevice('mon-agent', (dev) => {
+      dev.resource('stats', { output: () => ({ cpu: 3 }) });
+    });
+    await d.buckets.write('monitoring', { device: 'mon-agent', cpu: { usage: 7 } });
+    assert.deepEqual((await c.json({ event: 'bucket_write', signal: 'data' })).data, {
+      device: 'mon-agent',
+      cpu: { usage: 7 },
+    });
+    const sourced = await t.api('POST', buckets, {
+      json: {
+        bucket: 'mon-sourced',
+        source: 'device',
+        config: { device: 'mon-agent', resource: 'stats', update: 'events' },
+      },
+    });
+    assert.equal(sourced.status, 201, sourced.bytes.toString());
+    c.send({ event: 'bucket_write', filters: { bucket: 'mon-sourced' } });
+    await c.json({ event: 'bucket_write', signal: 'start' });
+    const pump = setInterval(() => void d.stream('stats'), 100);
+    try {
+      const sample = await c.json({ event: 'bucket_write', signal: 'data', bucket: 'mon-sourced' });
+      assert.deepEqual(sample.data, { cpu: 3 });
+    } finally {
+      clearInterval(pump);
+    }
+
+    // A token limited to devices may not listen to buckets; a v1 pattern skips the event.
+    const limited = await t.api('POST', `/v1/users/${ADMIN}/tokens`, {
+      json: { name: 'bw-limited', allow: { Device: { 'mon-agent': '*' } } },
+    });
+    const token = (limited.body as { access_token: string }).access_token;
+    const lc = await Client.open(t, `/v2/users/${ADMIN}/events`, token);
+    lc.send({ event: 'bucket_write' });
+    const refused = await lc.json({ signal: 'error' });
+    assert.equal((refused.payload as { code: string }).code, 'forbidden');
+    const lv1 = await Client.open(t, `/v1/users/${ADMIN}/events`, token);
+    lv1.send({ event: 'bucket_.*' });
+    assert.deepEqual((await lv1.next(() => true, 'v1 refusal')).json, {
+      success: false,
+      event: 'bucket_.*',
+      error: {
+        code: 'invalid_frame',
+        message:
+          '"bucket_.*" matches no event this subscription can take (bucket_write is not for tokens limited to devices)',
+      },
+    });
+
+    // Unsubscribing and closing leave no listener behind.
+    c.send({ event: 'bucket_write', enabled: false });
+    await c.json({ event: 'bucket_write', signal: 'stop' });
+    assert.equal(t.server.events.listenerCount(ADMIN, 'bucket_write'), 1, 'the v1 socket still listens');
+    await v1.close();
+    await waitFor(() => t.server.events.listenerCount(ADMIN, 'bucket_write') === 0, 'no listener left');
+    await Promise.all([c.close(), lc.close(), lv1.close(), d.close()]);
   });
 
   test("thinr-cli fleet events: v2 device_state_change frames carry Thinger.io's top-level device, state, ts", async () => {
@@ -500,7 +660,7 @@ describe('WebSocket API: Thinger.io tools', () => {
       error: {
         code: 'unknown_event',
         message:
-          'no event matches "bucket_export_completed" (events: device_state_change, device_property_update, device_topic_publish, device_resource_stream)',
+          'no event matches "bucket_export_completed" (events: device_state_change, device_property_update, device_topic_publish, device_resource_stream, bucket_write)',
       },
     });
     c.send({ event: 'device_state_change', device: 'a(b)' });
@@ -719,11 +879,52 @@ describe('v1 filter patterns', () => {
       assert.throws(() => compilePattern(bad), bad);
   });
 
+  test('search mode (list `name` filters): found anywhere unless anchored, any case; case folding before negation', () => {
+    const cases: Array<[string, string, boolean]> = [
+      ['^revpi|jetson', 'my-jetson-2', true],
+      ['^revpi|jetson', 'RevPi 4', true],
+      ['^revpi|jetson', 'a revpi', false],
+      ['kitchen$', 'Fridge KITCHEN', true],
+      ['kitchen$', 'kitchen 2', false],
+      ['^a.c$', 'ABC', true],
+      ['^a.c$', 'xabc', false],
+      ['b+', 'aBBc', true],
+      ['x?', 'anything', true],
+      ['', 'anything', true],
+      ['dev[0-9]+$', 'DEV42', true],
+      ['[^a]', 'A', false],
+      ['[^a]', 'Ab', true],
+      ['[A-C]x', 'bX', true],
+      ['\\$', 'price$', true],
+      ['\\$', 'price', false],
+      ['\\\\$', 'a\\', true],
+      ['a\\.b', 'A.B', true],
+      ['a\\.b', 'axb', false],
+      ['plain', 'a PLAIN text', true],
+      ['plain', 'plan', false],
+    ];
+    for (const [pattern, value, expected] of cases)
+      assert.equal(
+        compilePattern(pattern, { search: true, ignoreCase: true })(value),
+        expected,
+        `${pattern} ~ ${value}`,
+      );
+    // Case-sensitive search, and whole-value matching unchanged by the options' absence.
+    assert.equal(compilePattern('Kitchen', { search: true })('my kitchen'), false);
+    assert.equal(compilePattern('k.tchen', { search: true })('my kitchen'), true);
+    assert.equal(compilePattern('k.tchen')('my kitchen'), false);
+    assert.equal(compilePattern('ESP.*', { ignoreCase: true })('esp32'), true);
+  });
+
   test('no pattern makes matching slow (no backtracking)', () => {
     const evil = compilePattern(`${'a*'.repeat(100)}b`);
     const value = 'a'.repeat(5000);
     const start = performance.now();
     assert.equal(evil(value), false);
     assert.ok(performance.now() - start < 500, `took ${performance.now() - start} ms`);
+    const search = compilePattern(`${'a*'.repeat(60)}b`, { search: true, ignoreCase: true });
+    const searchStart = performance.now();
+    assert.equal(search('A'.repeat(5000)), false);
+    assert.ok(performance.now() - searchStart < 1000, `search took ${performance.now() - searchStart} ms`);
   });
 });

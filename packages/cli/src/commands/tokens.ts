@@ -8,7 +8,8 @@ import { checkId, collect } from './common.js';
 interface TokenView {
   id: string;
   name: string;
-  scope: { access: 'read' | 'call'; devices?: Record<string, { resources?: string[] }> };
+  /** "admin": everything, account management included (Thinger.io's allow {"*": {"*": "*"}}). */
+  scope: { access: 'read' | 'call' | 'admin'; devices?: Record<string, { resources?: string[] }> };
   created: number;
   expires: number | null;
 }
@@ -22,7 +23,13 @@ function duration(value: string): number {
   return Number(m[1]) * (UNITS[m[2] || 's'] ?? 1);
 }
 
+/** What the token may do: "admin", "read+call" or "read". */
+function accessText(access: TokenView['scope']['access']): string {
+  return access === 'admin' ? 'admin' : access === 'call' ? 'read+call' : 'read';
+}
+
 function scopeText(scope: TokenView['scope']): string {
+  if (scope.access === 'admin') return 'everything (account included)';
   if (!scope.devices) return 'all devices';
   return Object.entries(scope.devices)
     .map(([d, g]) => (g.resources ? `${d} (${g.resources.join(', ')})` : d))
@@ -47,7 +54,7 @@ export function registerTokens(program: Command): void {
           list.map((t) => [
             t.id,
             t.name,
-            t.scope.access === 'call' ? 'read+call' : 'read',
+            accessText(t.scope.access),
             scopeText(t.scope),
             time(t.created),
             t.expires === null ? 'never' : time(t.expires),
@@ -104,7 +111,7 @@ export function registerTokens(program: Command): void {
           const created = res.json as TokenView & { access_token: string };
           if (json) return printJson(created);
           note(
-            `created token ${created.id} (${name}; ${scopeText(created.scope)}; ${created.scope.access === 'call' ? 'read and call' : 'read only'}). It is shown once:`,
+            `created token ${created.id} (${name}; ${scopeText(created.scope)}; ${created.scope.access === 'admin' ? 'admin' : created.scope.access === 'call' ? 'read and call' : 'read only'}). It is shown once:`,
           );
           line(created.access_token);
         }),

@@ -15,7 +15,8 @@ import {
 import type { DeviceRecord } from './devices.js';
 
 interface TokenScope {
-  access: 'read' | 'call';
+  /** "admin": everything, account management included (Thinger.io's allow {"*": {"*": "*"}}). */
+  access: 'read' | 'call' | 'admin';
   devices?: Record<string, { resources?: string[] }>;
 }
 
@@ -35,7 +36,15 @@ const EXPIRY: Array<[string, number | undefined]> = [
   ['1 year', 365 * 86_400],
 ];
 
+/** The access pill: label and style. */
+function accessPill(access: TokenScope['access']): { label: string; cls: string } {
+  if (access === 'admin') return { label: 'admin', cls: 'pill bad' };
+  if (access === 'call') return { label: 'full', cls: 'pill ok' };
+  return { label: 'read-only', cls: 'pill off' };
+}
+
 function scopeText(scope: TokenScope): string {
+  if (scope.access === 'admin') return 'everything, account management included';
   const devices = scope.devices ? Object.entries(scope.devices) : undefined;
   if (!devices) return 'all devices and resources';
   if (devices.length === 0) return 'no devices';
@@ -131,8 +140,8 @@ export async function tokensPage({ api, root, signal }: PageContext): Promise<vo
             null,
             h(
               'span',
-              { class: `pill ${t.scope.access === 'call' ? 'ok' : 'off'}` },
-              t.scope.access === 'call' ? 'full' : 'read-only',
+              { class: accessPill(t.scope.access).cls, testid: 'token-access-pill' },
+              accessPill(t.scope.access).label,
             ),
           ),
           h('td', { class: 'desc' }, scopeText(t.scope)),

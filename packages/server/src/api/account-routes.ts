@@ -12,6 +12,8 @@ import {
 } from '../storage/accounts.js';
 import { type AppContext, deviceParams, ID_PATTERN, userParams } from './context.js';
 import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
+import { nameFilter, nameFilterSchema } from './name-filter.js';
+import { SERVER_EVENT_LIST } from './ws-events.js';
 
 const deviceSchema = {
   type: 'object',
@@ -117,14 +119,14 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
     {
       schema: {
         summary:
-          'List devices (`name`: those whose id or name contains it; product/asset/project filters find nothing: there are none)',
+          'List devices (`name`: a case-insensitive regular expression searched in ids and names; product/asset/project filters find nothing: there are none)',
         params: userParams,
         querystring: {
           type: 'object',
           properties: {
             count: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
             index: { type: 'integer', minimum: 0, default: 0 },
-            name: { type: 'string', minLength: 1, maxLength: 128 },
+            name: nameFilterSchema,
             ...Object.fromEntries(GROUPINGS.map((g) => [g, { type: 'string', maxLength: 128 }])),
             authorization: { type: 'string' },
           },
@@ -134,7 +136,7 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
     },
     async (request, reply) => {
       const { user } = request.params;
-      const { count = 100, index = 0, name } = request.query;
+      const { count = 100, index = 0 } = request.query;
       // Thinger.io clients filter by product, asset group, … (thinr-cli fans out commands to a
       // product's devices): there are none here, so such a filter must not list every device.
       for (const g of GROUPINGS) {
@@ -146,10 +148,8 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
             `no ${g.replace('_', ' ')} ${value} (this server has none)`,
           );
       }
-      const matches = (d: DeviceRecord) =>
-        name === undefined ||
-        d.device.toLowerCase().includes(name.toLowerCase()) ||
-        d.name.toLowerCase().includes(name.toLowerCase());
+      const filter = nameFilter(request.query.name);
+      const matches = (d: DeviceRecord) => filter === undefined || filter.matches(d.device, d.name);
       const scoped = request.principal?.scope?.devices;
       if (scoped && !Object.hasOwn(scoped, ANY_DEVICE)) {
         // A token limited to some devices lists just those.
@@ -165,8 +165,13 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
       }
       // A token for every device (and nothing else) lists them all.
       authorize(request.principal!, user, 'read', scoped ? ANY_DEVICE : undefined);
-      reply.header('x-total-count', String(ctx.accounts.countDevices(user, name)));
-      return ctx.accounts.listDevices(user, count, index, name).map(view);
+      if (filter !== undefined && filter.text === undefined) {
+        const { page, total } = ctx.accounts.filterDevices(user, filter.matches, count, index);
+        reply.header('x-total-count', String(total));
+        return page.map(view);
+      }
+      reply.header('x-total-count', String(ctx.accounts.countDevices(user, filter?.text)));
+      return ctx.accounts.listDevices(user, count, index, filter?.text).map(view);
     },
   );
 
@@ -349,6 +354,48 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
         };
       },
     );
+
+  app.get<{ Params: { user: string } }>(
+    '/v1/users/:user/info/devices/stats',
+    {
+      schema: {
+        summary: 'How many devices the user has, and how many are connected',
+        description:
+          "Thinger.io's ReadDevicesStatistics (its fields are not documented; thinger-node calls it). A token limited to some devices counts those.",
+        params: userParams,
+        response: {
+          200: {
+            type: 'object',
+            properties: {
+              devices: { type: 'integer', description: 'Devices of the user' },
+              connected: { type: 'integer', description: 'Of them, connected now' },
+              disconnected: { type: 'integer' },
+            },
+          },
+          ...errors,
+        },
+      },
+    },
+    async (request) => {
+      const { user } = request.params;
+      const scoped = request.principal?.scope?.devices;
+      let devices: number;
+      let connected: number;
+      if (scoped && !Object.hasOwn(scoped, ANY_DEVICE)) {
+        const names = Object.keys(scoped).filter((d) => Object.hasOwn(scoped, d));
+        if (names.length === 0) authorize(request.principal!, user, 'read', '');
+        for (const d of names) authorize(request.principal!, user, 'read', d);
+        const existing = names.filter((d) => ctx.accounts.getDevice(user, d) !== undefined);
+        devices = existing.length;
+        connected = existing.filter((d) => ctx.hub.get(user, d) !== undefined).length;
+      } else {
+        authorize(request.principal!, user, 'read', scoped ? ANY_DEVICE : undefined);
+        devices = ctx.accounts.countDevices(user);
+        connected = ctx.hub.devicesOf(user).length;
+      }
+      return { devices, connected, disconnected: Math.max(0, devices - connected) };
+    },
+  );
 
   // --- access tokens
   //
@@ -979,17 +1026,3 @@ const SERVER_ASSETS = (['bucket', 'device', 'endpoint', 'token'] as const).map((
   paths: { list: `v1/users/${USER_IN_PATH}/${asset}s` },
   role: 'user',
 }));
-/**
- * The events of the events WebSocket (api/ws-events.ts), with the filters each takes: keep
- * the two in step. (Product and asset filters are left out: there are none here.)
- */
-const SERVER_EVENT_LIST = [
-  { event: 'device_property_update', filters: [{ field: 'device' }, { field: 'property' }], role: 'user' },
-  { event: 'device_resource_stream', filters: [{ field: 'device' }, { field: 'resource' }], role: 'user' },
-  {
-    event: 'device_state_change',
-    filters: [{ field: 'device' }, { field: 'state', hints: ['connected', 'disconnected'] }],
-    role: 'user',
-  },
-  { event: 'device_topic_publish', filters: [{ field: 'topic' }], role: 'user' },
-];

@@ -28,6 +28,7 @@ import {
 import { groupingProperties, refuseGroupings } from './account-routes.js';
 import { type AppContext, deviceParams, ID_PATTERN, userParams } from './context.js';
 import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
+import { nameFilter, nameFilterSchema } from './name-filter.js';
 
 const errors = {
   400: errorSchema,
@@ -334,14 +335,14 @@ export function registerBucketRoutes(
     {
       schema: {
         summary:
-          'List buckets (`name`: those whose id or name contains it; x-total-count header: how many there are)',
+          'List buckets (`name`: a case-insensitive regular expression searched in ids and names; x-total-count header: how many there are)',
         params: userParams,
         querystring: {
           type: 'object',
           properties: {
             count: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
             index: { type: 'integer', minimum: 0, default: 0 },
-            name: { type: 'string', minLength: 1, maxLength: 128 },
+            name: nameFilterSchema,
             authorization: { type: 'string' },
           },
         },
@@ -350,10 +351,11 @@ export function registerBucketRoutes(
     },
     async (request, reply) => {
       const { user } = request.params;
-      const { count = 100, index = 0, name } = request.query;
+      const { count = 100, index = 0 } = request.query;
       authorize(request.principal!, user, 'read');
-      reply.header('x-total-count', String(store.countOf(user, name)));
-      return store.list(user, count, index, name).map(view);
+      const filter = nameFilter(request.query.name);
+      reply.header('x-total-count', String(store.countOf(user, filter?.matches)));
+      return store.list(user, count, index, filter?.matches).map(view);
     },
   );
 

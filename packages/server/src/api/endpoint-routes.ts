@@ -6,6 +6,7 @@ import { AlreadyExistsError } from '../storage/accounts.js';
 import { type EndpointRecord, HTTP_METHODS, type HttpRequestProfile } from '../storage/endpoints.js';
 import { type AppContext, ID_PATTERN, userParams } from './context.js';
 import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
+import { nameFilter, nameFilterSchema } from './name-filter.js';
 
 /** Endpoints one user may have. */
 export const MAX_ENDPOINTS_PER_USER = 1000;
@@ -160,17 +161,19 @@ export function registerEndpointRoutes(app: FastifyInstance, ctx: AppContext): v
   // Definitions can hold credentials of third-party services (headers): managing and reading
   // them takes a login token, like devices and tokens. Calling takes "call" access.
 
-  app.get<{ Params: { user: string }; Querystring: { count?: number; index?: number } }>(
+  app.get<{ Params: { user: string }; Querystring: { count?: number; index?: number; name?: string } }>(
     '/v1/users/:user/endpoints',
     {
       schema: {
-        summary: 'List endpoints',
+        summary:
+          'List endpoints (`name`: a case-insensitive regular expression searched in ids and names; x-total-count header: how many there are)',
         params: userParams,
         querystring: {
           type: 'object',
           properties: {
             count: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
             index: { type: 'integer', minimum: 0, default: 0 },
+            name: nameFilterSchema,
             authorization: { type: 'string' },
           },
         },
@@ -181,6 +184,12 @@ export function registerEndpointRoutes(app: FastifyInstance, ctx: AppContext): v
       const { user } = request.params;
       const { count = 100, index = 0 } = request.query;
       authorize(request.principal!, user, 'admin');
+      const filter = nameFilter(request.query.name);
+      if (filter !== undefined) {
+        const { page, total } = ctx.endpoints.store.filter(user, filter.matches, count, index);
+        reply.header('x-total-count', String(total));
+        return page.map(view);
+      }
       reply.header('x-total-count', String(ctx.endpoints.store.count(user)));
       return ctx.endpoints.store.list(user, count, index).map(view);
     },

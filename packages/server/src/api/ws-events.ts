@@ -33,6 +33,10 @@ import { RESOURCE_STREAM, type ResourceStreamSpec, ResourceStreams } from './ws-
  *   acknowledgement (those tools pass every frame on to their flows); refusals are
  *   `{"success": false, "error": {code, message}}`.
  *
+ * `bucket_write` (both; filter `bucket`): one frame per record written, Thinger.io's
+ * `{event, user, bucket, ts, data}` (v2 adds `signal: "data"`); tokens limited to devices
+ * may not subscribe (buckets are the account's).
+ *
  * `device_resource_stream` (both): `{"event": "device_resource_stream", "filters":
  * {"resource", "device"?, "product"?, …}, "params": {"interval": ms}}` streams one resource of
  * every connected matching device (ws-resource-stream.ts): acknowledged with `{event, signal:
@@ -42,24 +46,55 @@ import { RESOURCE_STREAM, type ResourceStreamSpec, ResourceStreams } from './ws-
 
 export type EventsDialect = 'v1' | 'v2';
 
-const EVENTS = [
-  'device_state_change',
-  'device_property_update',
-  'device_topic_publish',
-  RESOURCE_STREAM,
-] as const;
-type EventName = (typeof EVENTS)[number];
-type SimpleEvent = 'device_state_change' | 'device_property_update' | 'device_topic_publish';
+/**
+ * The events of the events WebSocket: the filters each takes (besides the product / asset
+ * groupings) and the values a client may offer for some of them. The one list: the socket
+ * (both dialects) and `GET /v1/server/events` (SERVER_EVENT_LIST) are made from it.
+ */
+const EVENT_DEFINITIONS = {
+  device_state_change: { filters: ['device', 'state'], hints: { state: ['connected', 'disconnected'] } },
+  device_property_update: { filters: ['device', 'property'] },
+  device_topic_publish: { filters: ['topic'] },
+  [RESOURCE_STREAM]: { filters: ['device', 'resource'] },
+  bucket_write: { filters: ['bucket'] },
+} as const satisfies Record<
+  string,
+  { filters: readonly string[]; hints?: Readonly<Record<string, readonly string[]>> }
+>;
+type EventName = keyof typeof EVENT_DEFINITIONS;
+const EVENTS = Object.keys(EVENT_DEFINITIONS) as EventName[];
+type SimpleEvent = Exclude<EventName, typeof RESOURCE_STREAM>;
 
 /** Product / asset filters: devices here have none, so a non-empty one matches nothing. */
 const GROUPINGS = ['product', 'asset_type', 'asset_group', 'project'] as const;
 /** The filters each event takes (topic: an MQTT filter, required; resource: required). */
-const EVENT_FILTERS: Record<EventName, readonly string[]> = {
-  device_state_change: ['device', 'state', ...GROUPINGS],
-  device_property_update: ['device', 'property', ...GROUPINGS],
-  device_topic_publish: ['topic'],
-  device_resource_stream: ['resource', 'device', ...GROUPINGS],
-};
+const EVENT_FILTERS: Record<EventName, readonly string[]> = Object.fromEntries(
+  EVENTS.map((e) => {
+    const own: readonly string[] = EVENT_DEFINITIONS[e].filters;
+    return [e, own.includes('device') ? [...own, ...GROUPINGS] : own];
+  }),
+) as Record<EventName, readonly string[]>;
+
+/** A server event and its filters, as `GET /v1/server/events` lists them (Thinger.io form). */
+export interface ServerEventInfo {
+  event: string;
+  filters: Array<{ field: string; hints?: string[] }>;
+  role: 'user';
+}
+
+/** The events and their filters (product and asset filters left out: there are none), by name. */
+export const SERVER_EVENT_LIST: readonly ServerEventInfo[] = [...EVENTS].sort().map((event) => {
+  const def: { filters: readonly string[]; hints?: Readonly<Record<string, readonly string[]>> } =
+    EVENT_DEFINITIONS[event];
+  return {
+    event,
+    filters: def.filters.map((field) => {
+      const hints = def.hints?.[field];
+      return hints ? { field, hints: [...hints] } : { field };
+    }),
+    role: 'user',
+  };
+});
 const STATES = ['connected', 'disconnected', 'resumed', 'awake', 'asleep'];
 const MAX_RESOURCE_LENGTH = 1024;
 const MAX_EVENT_LENGTH = 128;
@@ -72,6 +107,7 @@ interface Filters {
   device?: Matcher;
   property?: Matcher;
   state?: Matcher;
+  bucket?: Matcher;
   topic?: string;
   resource?: string;
   /** A product / asset filter no device matches. */
@@ -160,6 +196,24 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
     else out.send({ event: 'device_property_update', signal: 'data', payload: change });
   });
 
+  /** The bus listener of bucket_write, while the socket is subscribed to it. */
+  let unlistenBuckets: (() => void) | undefined;
+  const listenBuckets = () => {
+    unlistenBuckets ??= ctx.events.subscribe(user, 'bucket_write', (w) => {
+      const f = subscriptions.get('bucket_write');
+      if (!f || f.nothing || (f.bucket !== undefined && !f.bucket(w.bucket))) return;
+      // Thinger.io's frame (thinr-cli's dashboard reads `data`); v2 adds the signal.
+      sendData({
+        event: 'bucket_write',
+        ...(v1 ? {} : { signal: 'data' }),
+        user,
+        bucket: w.bucket,
+        ts: w.ts,
+        data: w.data,
+      });
+    });
+  };
+
   const subscribeTopic = (filter: string) => {
     topicSubscription?.();
     const topicMessage = (m: { topic: string; payload: PsonValue }, retained: boolean) => {
@@ -189,6 +243,7 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
   socket.on('close', () => {
     unlisten();
     unlistenProperties();
+    unlistenBuckets?.();
     topicSubscription?.();
     resources.close();
   });
@@ -201,6 +256,10 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
     if (name === 'device_topic_publish') {
       topicSubscription?.();
       topicSubscription = undefined;
+    }
+    if (name === 'bucket_write') {
+      unlistenBuckets?.();
+      unlistenBuckets = undefined;
     }
     return true;
   };
@@ -236,6 +295,11 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
       // Topics are not a device's: tokens limited to some devices do not reach them.
       authorize(principal, user, 'read');
       sendRetained = subscribeTopic(filters.topic as string);
+    }
+    // Buckets neither: the same.
+    if (name === 'bucket_write') {
+      authorize(principal, user, 'read');
+      listenBuckets();
     }
     subscriptions.set(name, filters);
     if (!v1) out.send({ event: name, signal: 'start', payload: { filters: filters.echo } });
@@ -308,6 +372,8 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
     }
     if (isPlainObject(frame.filters)) Object.assign(flat, frame.filters);
     let done = 0;
+    /** Why events the pattern names were left out. */
+    const skipped: string[] = [];
     for (const name of names) {
       const given: Record<string, unknown> = {};
       for (const k of EVENT_FILTERS[name]) {
@@ -318,7 +384,9 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
       if (required && given[required] === undefined) {
         if (enabled) {
           if (isExact) throw missingFilter(name);
-          continue; // a pattern also naming an event that needs a filter: not that one
+          // A pattern also naming an event that needs a filter: not that one.
+          skipped.push(`${name} needs a ${required} filter`);
+          continue;
         }
         if (unsubscribe(name, undefined)) acknowledgeStop(name, name);
         done++;
@@ -330,6 +398,11 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
         done++;
         continue;
       }
+      // A pattern naming account-wide events a device-limited token cannot reach: not those.
+      if (!isExact && name === 'bucket_write' && !mayReadAccount(principal, user)) {
+        skipped.push(`${name} is not for tokens limited to devices`);
+        continue;
+      }
       const filters = parseFilters(name, given, 'v1', true);
       const interval = name === RESOURCE_STREAM ? paramsInterval(frame.params) : 0;
       subscribe(name, filters, interval, name === RESOURCE_STREAM ? frame.params : undefined);
@@ -338,7 +411,7 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
     if (done === 0)
       throw new FrameError(
         'invalid_frame',
-        `"${event}" matches only events that need a filter (${names.map((n) => `${n}: ${n === RESOURCE_STREAM ? 'resource' : 'topic'}`).join(', ')})`,
+        `"${event}" matches no event this subscription can take (${skipped.join('; ')})`,
       );
   };
 
@@ -355,6 +428,16 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
       else out.send({ ...(event !== undefined ? { event } : {}), signal: 'error', payload: error });
     }
   });
+}
+
+/** Whether the token reaches what is the account's rather than a device's (buckets, topics). */
+function mayReadAccount(principal: Principal, user: string): boolean {
+  try {
+    authorize(principal, user, 'read');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function enabledOf(frame: Record<string, unknown>): boolean {
@@ -427,6 +510,11 @@ function parseFilters(
             throw new FrameError('invalid_frame', `filters.state must be one of ${STATES.join(', ')}`);
           f.state = exact(v);
         } else f.state = patternOf(v, 'filters.state');
+        break;
+      case 'bucket':
+        if (dialect === 'v2' && !ID.test(v))
+          throw new FrameError('invalid_frame', 'filters.bucket must be a bucket id');
+        f.bucket = dialect === 'v2' ? exact(v) : patternOf(v, 'filters.bucket');
         break;
       case 'device':
       case 'property':

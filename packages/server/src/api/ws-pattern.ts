@@ -1,14 +1,16 @@
 /*
- * The "basic regular expressions" Thinger.io's v1 events API takes as filters (the Node-RED
- * server-events node documents `.*8266` or `esp_.*2.*` for a device, and subscribes to every
- * event with `.*`): matched against the whole value, in time linear in value × pattern (a
- * set of positions is advanced character by character; no backtracking, so no pattern can
- * make the server spin).
+ * The "basic regular expressions" Thinger.io clients send: filters of the v1 events API (the
+ * Node-RED server-events node documents `.*8266` or `esp_.*2.*` for a device, and subscribes
+ * to every event with `.*`), matched against the whole value; and list `name` filters
+ * (thinr-cli's `device list "^revpi|jetson"`: a case-insensitive search in ids and names).
+ * Matching takes time linear in value × pattern (a set of positions is advanced character
+ * by character; no backtracking, so no pattern can make the server spin).
  *
  * Supported: literal characters, `.`, classes `[a-z0-9_]` / `[^…]`, `\` escapes (`\.`, `\d`,
  * `\w`, `\s`), the quantifiers `*`, `+`, `?` after one of those, `|` between alternatives,
- * and `^` / `$` at the ends (redundant: the whole value must match). Anything else (groups,
- * `{n}`, back references) is refused with a message.
+ * and `^` / `$` at the ends of an alternative (redundant when the whole value must match;
+ * anchors in a search). Anything else (groups, `{n}`, back references) is refused with a
+ * message.
  */
 
 const MAX_PATTERN_LENGTH = 256;
@@ -27,7 +29,34 @@ export type Matcher = (value: string) => boolean;
 
 export class PatternError extends Error {}
 
+export interface PatternOptions {
+  /**
+   * Find the pattern anywhere in the value (as a regular expression search does) unless an
+   * alternative is anchored with `^` / `$`; default: the whole value must match.
+   */
+  search?: boolean;
+  /** Letters match in either case. */
+  ignoreCase?: boolean;
+}
+
+/** One alternative: its items, and whether it is anchored at the start / end. */
+interface Sequence {
+  items: Item[];
+  start: boolean;
+  end: boolean;
+}
+
 const META = /[.*+?|[\]()\\^${}]/;
+
+/** Whether `pattern` has pattern characters (else it is matched as plain text). */
+export function isPattern(pattern: string): boolean {
+  return META.test(pattern);
+}
+
+/** `test`, also trying the other case of `c`. */
+function eitherCase(test: CharTest): CharTest {
+  return (c) => test(c) || test(c.toLowerCase()) || test(c.toUpperCase());
+}
 
 function escapeClass(ch: string): CharTest | undefined {
   switch (ch) {
@@ -42,7 +71,7 @@ function escapeClass(ch: string): CharTest | undefined {
   }
 }
 
-function parseClass(p: string, start: number): { test: CharTest; end: number } {
+function parseClass(p: string, start: number, ignoreCase: boolean): { test: CharTest; end: number } {
   let i = start + 1;
   let negate = false;
   if (p[i] === '^') {
@@ -79,26 +108,40 @@ function parseClass(p: string, start: number): { test: CharTest; end: number } {
     } else ranges.push([lo, lo]);
   }
   if (p[i] !== ']') throw new PatternError('character class without a closing ]');
-  const test: CharTest = (c) => {
-    let hit = false;
-    for (const [lo, hi] of ranges) {
-      if (c >= lo && c <= hi) {
-        hit = true;
-        break;
-      }
-    }
-    if (!hit) hit = tests.some((t) => t(c));
-    return hit !== negate;
+  let member: CharTest = (c) => {
+    for (const [lo, hi] of ranges) if (c >= lo && c <= hi) return true;
+    return tests.some((t) => t(c));
   };
+  // Case folding applies to membership, before negation: [^a] does not match "A".
+  if (ignoreCase) member = eitherCase(member);
+  const test: CharTest = negate ? (c) => !member(c) : member;
   return { test, end: i + 1 };
 }
 
-function parseSequence(p: string): Item[] {
+/** Whether `$` at `index` ends the pattern as an anchor (not escaped by an odd run of `\`). */
+function isEndAnchor(p: string, index: number): boolean {
+  if (p[index] !== '$') return false;
+  let backslashes = 0;
+  for (let j = index - 1; j >= 0 && p[j] === '\\'; j--) backslashes++;
+  return backslashes % 2 === 0;
+}
+
+function literal(ch: string, ignoreCase: boolean): CharTest {
+  if (!ignoreCase) return (c) => c === ch;
+  const lower = ch.toLowerCase();
+  const upper = ch.toUpperCase();
+  if (lower === upper) return (c) => c === ch;
+  return (c) => c === lower || c === upper || c.toLowerCase() === lower;
+}
+
+function parseSequence(p: string, ignoreCase: boolean): Sequence {
   const items: Item[] = [];
   let i = 0;
-  if (p[0] === '^') i = 1;
+  const anchoredStart = p[0] === '^';
+  if (anchoredStart) i = 1;
   let end = p.length;
-  if (end > i && p[end - 1] === '$' && p[end - 2] !== '\\') end--;
+  const anchoredEnd = end > i && isEndAnchor(p, end - 1);
+  if (anchoredEnd) end--;
   while (i < end) {
     const ch = p[i] as string;
     let test: CharTest;
@@ -106,20 +149,20 @@ function parseSequence(p: string): Item[] {
       test = () => true;
       i++;
     } else if (ch === '[') {
-      const cls = parseClass(p, i);
+      const cls = parseClass(p, i, ignoreCase);
       test = cls.test;
       i = cls.end;
     } else if (ch === '\\') {
       const next = p[i + 1];
       if (next === undefined) throw new PatternError('pattern ends with a lone \\');
-      test = escapeClass(next) ?? ((c) => c === next);
+      test = escapeClass(next) ?? literal(next, ignoreCase);
       i += 2;
     } else if ('*+?'.includes(ch)) {
       throw new PatternError(`quantifier ${ch} with nothing to repeat`);
     } else if ('(){}^$]'.includes(ch)) {
       throw new PatternError(`"${ch}" is not supported in filter patterns (only . [] * + ? | and \\)`);
     } else {
-      test = (c) => c === ch;
+      test = literal(ch, ignoreCase);
       i++;
     }
     const q = i < end ? p[i] : undefined;
@@ -136,7 +179,7 @@ function parseSequence(p: string): Item[] {
     if (i < end && '*+?'.includes(p[i] as string))
       throw new PatternError('stacked quantifiers are not supported');
   }
-  return items;
+  return { items, start: anchoredStart, end: anchoredEnd };
 }
 
 /** Splits on `|` outside classes and escapes. */
@@ -169,7 +212,12 @@ function alternatives(p: string): string[] {
   return out;
 }
 
-function matches(items: readonly Item[], value: string): boolean {
+/**
+ * Whether the sequence matches `value`: from its start (or, unanchored, from any position)
+ * to its end (or, unanchored, to any position).
+ */
+function matches(seq: Sequence, value: string): boolean {
+  const { items } = seq;
   const n = items.length;
   let current = new Uint8Array(n + 1);
   let next = new Uint8Array(n + 1);
@@ -178,6 +226,7 @@ function matches(items: readonly Item[], value: string): boolean {
   };
   current[0] = 1;
   close(current);
+  if (!seq.end && current[n]) return true;
   for (const c of value) {
     next.fill(0);
     let any = false;
@@ -189,21 +238,35 @@ function matches(items: readonly Item[], value: string): boolean {
       if (item.repeat) next[i] = 1;
       else next[i + 1] = 1;
     }
-    if (!any) return false;
+    if (!seq.start)
+      next[0] = 1; // a match may also begin after this character
+    else if (!any) return false;
     close(next);
+    if (!seq.end && next[n]) return true;
     [current, next] = [next, current];
   }
   return current[n] === 1;
 }
 
 /**
- * A matcher for a v1 filter value: exact comparison when it has no pattern characters,
- * else the pattern against the whole value. Throws PatternError for what is not supported.
+ * A matcher for `pattern`: plain text (no pattern characters) is compared as text, else the
+ * pattern is matched. By default the whole value must match (v1 event filters); with
+ * `search`, a match anywhere counts unless anchored. Throws PatternError for what is not
+ * supported.
  */
-export function compilePattern(pattern: string): Matcher {
+export function compilePattern(pattern: string, options: PatternOptions = {}): Matcher {
+  const { search = false, ignoreCase = false } = options;
   if (pattern.length > MAX_PATTERN_LENGTH)
-    throw new PatternError(`filter pattern longer than ${MAX_PATTERN_LENGTH} characters`);
-  if (!META.test(pattern)) return (value) => value === pattern;
-  const sequences = alternatives(pattern).map(parseSequence);
-  return (value) => sequences.some((items) => matches(items, value));
+    throw new PatternError(`pattern longer than ${MAX_PATTERN_LENGTH} characters`);
+  if (!META.test(pattern)) {
+    if (!ignoreCase) return search ? (value) => value.includes(pattern) : (value) => value === pattern;
+    const lower = pattern.toLowerCase();
+    return search ? (value) => value.toLowerCase().includes(lower) : (value) => value.toLowerCase() === lower;
+  }
+  const sequences = alternatives(pattern).map((p) => {
+    const seq = parseSequence(p, ignoreCase);
+    // Matching the whole value: both ends are anchored.
+    return search ? seq : { ...seq, start: true, end: true };
+  });
+  return (value) => sequences.some((seq) => matches(seq, value));
 }

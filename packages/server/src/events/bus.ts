@@ -21,6 +21,15 @@ export interface ServerEvents {
     value: unknown;
     deleted?: true;
   };
+  /**
+   * Records were written to a bucket (REST writes, device writes, device-sourced samples),
+   * one event per record, as they are accepted. Not offered to devices (SERVER_EVENTS).
+   */
+  bucket_write: {
+    bucket: string;
+    ts: number;
+    data: unknown;
+  };
 }
 
 export type ServerEventName = keyof ServerEvents;

@@ -153,6 +153,9 @@ export class AccountStore {
       countDevicesMatching: db.prepare(
         `SELECT count(*) AS n FROM devices WHERE username = ? AND (device LIKE ? ESCAPE '\\' OR name LIKE ? ESCAPE '\\')`,
       ),
+      deviceNames: db
+        .prepare('SELECT device, name FROM devices WHERE username = ? ORDER BY device')
+        .raw(true),
       deleteDevice: db.prepare('DELETE FROM devices WHERE username = ? AND device = ?'),
       recordConnection: db.prepare(
         'UPDATE devices SET last_connected_ts = ?, last_ip = ? WHERE username = ? AND device = ?',
@@ -253,6 +256,31 @@ export class AccountStore {
         ? this.st.listDevices.all(username, count, index)
         : this.st.listDevicesMatching.all(username, likePattern(match), likePattern(match), count, index);
     return (rows as DeviceRow[]).map(toDevice);
+  }
+
+  /**
+   * The user's devices (in id order) whose id and name pass `filter`: those at
+   * [index, index + count), and how many pass in all. Reads ids and names one row at a time
+   * (memory bounded by `count`).
+   */
+  filterDevices(
+    username: string,
+    filter: (device: string, name: string) => boolean,
+    count: number,
+    index: number,
+  ): { page: DeviceRecord[]; total: number } {
+    const ids: string[] = [];
+    let total = 0;
+    for (const row of this.st.deviceNames.iterate(username) as IterableIterator<[string, string]>) {
+      if (!filter(row[0], row[1])) continue;
+      if (total >= index && ids.length < count) ids.push(row[0]);
+      total++;
+    }
+    // The iteration is over: the connection may run other statements again.
+    const page = ids
+      .map((id) => this.getDevice(username, id))
+      .filter((d): d is DeviceRecord => d !== undefined);
+    return { page, total };
   }
 
   countDevices(username: string, match?: string): number {

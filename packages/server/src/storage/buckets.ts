@@ -100,6 +100,9 @@ export interface DeviceSourceConfig {
 export const MIN_SAMPLE_INTERVAL_S = 1;
 export const MAX_SAMPLE_INTERVAL_S = 7 * 86_400;
 
+/** A bucket list filter: text its id or name contains (any case), or a test of id and name. */
+export type BucketMatch = string | ((bucket: string, name: string) => boolean);
+
 export interface BucketRecord {
   readonly id: number;
   readonly username: string;
@@ -187,6 +190,12 @@ export interface BucketStoreOptions {
   maxBucketsPerUser?: number;
   /** After each durable group commit: records in it, seconds from commit start to durable. */
   onCommit?: (records: number, seconds: number) => void;
+  /**
+   * Asked on every accepted write: a function to receive its records (timestamp, value),
+   * or undefined when nobody listens (the server's `bucket_write` events). Called as the
+   * records are queued, before they are durable.
+   */
+  onWrite?: (username: string, bucket: string) => ((ts: number, data: unknown) => void) | undefined;
   onWarning?: (message: string, details?: Record<string, unknown>) => void;
 }
 
@@ -611,18 +620,22 @@ export class BucketStore {
     return [...this.byId.values()].map((s) => s.record);
   }
 
-  /** A page of the user's buckets; with `match`, those whose id or name contains it (any case). */
-  list(username: string, count: number, index: number, match?: string): BucketRecord[] {
+  /**
+   * A page of the user's buckets; with `match`, those whose id and name pass it (a string:
+   * those whose id or name contains it, any case).
+   */
+  list(username: string, count: number, index: number, match?: BucketMatch): BucketRecord[] {
     return this.matching(username, match).slice(index, index + count);
   }
 
-  countOf(username: string, match?: string): number {
+  countOf(username: string, match?: BucketMatch): number {
     return this.matching(username, match).length;
   }
 
-  private matching(username: string, match: string | undefined): BucketRecord[] {
+  private matching(username: string, match: BucketMatch | undefined): BucketRecord[] {
     const all = this.ofUser(username);
     if (match === undefined) return all;
+    if (typeof match === 'function') return all.filter((b) => match(b.bucket, b.name));
     const m = match.toLowerCase();
     return all.filter((b) => b.bucket.toLowerCase().includes(m) || b.name.toLowerCase().includes(m));
   }
@@ -745,19 +758,19 @@ export class BucketStore {
           texts[i] = toJsonText(r);
         }
         const now = this.now();
-        for (let i = 0; i < data.length; i++)
-          this.queue.push({
-            bucketId: b.id,
-            ts: stamps[i] ?? this.autoTs(state, now),
-            data: texts[i] as string,
-            seq: 0,
-          });
+        const written = this.options.onWrite?.(username, bucket);
+        for (let i = 0; i < data.length; i++) {
+          const ts = stamps[i] ?? this.autoTs(state, now);
+          this.queue.push({ bucketId: b.id, ts, data: texts[i] as string, seq: 0 });
+          written?.(ts, data[i]);
+        }
         return this.waitFor(data.length);
       }
       if (!isRecordObject(data)) throw new BucketError('invalid_record', 'a record is a JSON object');
-      const ts = explicitTs(data);
       const text = toJsonText(data);
-      this.queue.push({ bucketId: b.id, ts: ts ?? this.autoTs(state, this.now()), data: text, seq: 0 });
+      const ts = explicitTs(data) ?? this.autoTs(state, this.now());
+      this.queue.push({ bucketId: b.id, ts, data: text, seq: 0 });
+      this.options.onWrite?.(username, bucket)?.(ts, data);
       return this.waitFor(1);
     } catch (err) {
       return Promise.reject(err);
@@ -776,7 +789,10 @@ export class BucketStore {
       this.admit();
       if (value === undefined) return Promise.resolve(0);
       const text = toJsonText(value);
-      this.queue.push({ bucketId, ts: this.autoTs(state, this.now()), data: text, seq: 0 });
+      const ts = this.autoTs(state, this.now());
+      this.queue.push({ bucketId, ts, data: text, seq: 0 });
+      const written = this.options.onWrite?.(state.record.username, state.record.bucket);
+      if (written) written(ts, JSON.parse(text));
       return this.waitFor(1);
     } catch (err) {
       return Promise.reject(err);

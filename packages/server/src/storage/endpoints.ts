@@ -68,6 +68,9 @@ export class EndpointStore {
       get: db.prepare('SELECT * FROM endpoints WHERE username = ? AND endpoint = ?'),
       list: db.prepare('SELECT * FROM endpoints WHERE username = ? ORDER BY endpoint LIMIT ? OFFSET ?'),
       count: db.prepare('SELECT count(*) AS n FROM endpoints WHERE username = ?'),
+      names: db
+        .prepare('SELECT endpoint, name FROM endpoints WHERE username = ? ORDER BY endpoint')
+        .raw(true),
       update: db.prepare(
         `UPDATE endpoints SET name = @name, description = @description, enabled = @enabled, profile = @profile,
          updated_at = @now WHERE username = @username AND endpoint = @endpoint`,
@@ -108,6 +111,27 @@ export class EndpointStore {
 
   count(username: string): number {
     return (this.st.count.get(username) as { n: number }).n;
+  }
+
+  /**
+   * The user's endpoints (in id order) whose id and name pass `filter`: those at
+   * [index, index + count), and how many pass in all (rows read one at a time).
+   */
+  filter(
+    username: string,
+    filter: (endpoint: string, name: string) => boolean,
+    count: number,
+    index: number,
+  ): { page: EndpointRecord[]; total: number } {
+    const ids: string[] = [];
+    let total = 0;
+    for (const row of this.st.names.iterate(username) as IterableIterator<[string, string]>) {
+      if (!filter(row[0], row[1])) continue;
+      if (total >= index && ids.length < count) ids.push(row[0]);
+      total++;
+    }
+    const page = ids.map((id) => this.get(username, id)).filter((e): e is EndpointRecord => e !== undefined);
+    return { page, total };
   }
 
   /** Applies the given changes (the profile is replaced whole); undefined when there is no such endpoint. */
