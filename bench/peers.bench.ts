@@ -934,20 +934,7 @@ function floorGoals(byKey: (key: CaseKey, peer: PeerId) => Row | undefined): Flo
       iotmpOverFloor: over('rpc-c100'),
     });
   }
-  const mem = byKey(`memory-${DEVICES_MAX}`, 'floor');
-  if (mem) {
-    const bytes = mem.median.value * 1024;
-    out.push({
-      goal: `idle memory at ${fmt(DEVICES_MAX)} devices`,
-      target: `<= ${fmt(GOALS.bytesPerIdleDevice)} bytes RSS per device`,
-      floor: `${fmt(bytes)} bytes RSS per device`,
-      targetValue: GOALS.bytesPerIdleDevice,
-      floorValue: bytes,
-      unit: 'bytes/device',
-      reachable: bytes <= GOALS.bytesPerIdleDevice,
-      iotmpOverFloor: over(`memory-${DEVICES_MAX}`),
-    });
-  }
+  // Memory has no floor line: the floor is not built to be small per socket (ours is smaller).
   const con = [byKey('connect', 'floor'), byKey('connect', 'mosquitto')] as const;
   if (con[0] && con[1]) {
     const target = GOALS.connectVsMosquitto * con[1].median.value;
@@ -1031,7 +1018,7 @@ async function main(): Promise<void> {
   for (const g of goals) console.log(`goal ${g.goal}: ${g.met ? 'MET' : 'NOT MET'} — ${g.shown}`);
   for (const g of floor.goals)
     console.log(
-      `${g.goal}: goal ${g.target}; Node.js floor ${g.floor} (${g.reachable ? 'within reach' : 'out of reach'} of a Node.js server here)${g.iotmpOverFloor !== undefined ? `; iotmp at ${fmt(g.iotmpOverFloor, 2)}× the floor` : ''}`,
+      `${g.goal}: goal ${g.target}; Node.js floor ${g.floor} (${g.reachable ? 'the floor meets it' : 'the floor falls short: out of reach of a Node.js server here'})${g.iotmpOverFloor !== undefined ? `; iotmp at ${fmt(g.iotmpOverFloor, 2)}× the floor` : ''}`,
     );
   if (args.json) {
     mkdirSync(dirname(args.json), { recursive: true });
