@@ -28,7 +28,7 @@ import * as net from 'node:net';
 import { decodeBody, encodeMessage, MessageType } from '@iotmp/protocol';
 import type { PsonValue } from '@iotmp/pson';
 import { type WebSocket, WebSocketServer } from 'ws';
-import { SAMPLE } from './sim-protocol.js';
+import { INVALID_FRAME, SAMPLE, splitFrames } from './sim-protocol.js';
 
 /** A device frame larger than this closes the connection (bounded memory). */
 const MAX_FRAME = 64 * 1024;
@@ -91,46 +91,16 @@ class FloorDevice {
   }
 
   private receive(chunk: Buffer): void {
-    let buf = chunk;
-    if (this.carry) {
-      buf = Buffer.concat([this.carry, chunk]);
-      this.carry = null;
+    const rest = splitFrames(this.carry, chunk, this, MAX_FRAME);
+    if (rest === INVALID_FRAME) {
+      this.sock.destroy();
+      return;
     }
-    const n = buf.length;
-    let p = 0;
-    while (p < n) {
-      // Header: two varints (type, body size), at most 5 bytes each.
-      let q = p;
-      let type = 0;
-      let size = 0;
-      let shift = 0;
-      let b = 0x80;
-      while (q < n && b >= 0x80 && shift < 35) {
-        b = buf[q++] as number;
-        type += (b & 0x7f) * 2 ** shift;
-        shift += 7;
-      }
-      if (b < 0x80) {
-        b = 0x80;
-        shift = 0;
-        while (q < n && b >= 0x80 && shift < 35) {
-          b = buf[q++] as number;
-          size += (b & 0x7f) * 2 ** shift;
-          shift += 7;
-        }
-      }
-      if ((b >= 0x80 && shift >= 35) || size > MAX_FRAME) {
-        this.sock.destroy();
-        return;
-      }
-      if (b >= 0x80 || q + size > n) break;
-      this.frame(type, buf, q, q + size);
-      p = q + size;
-    }
-    if (p < n) this.carry = Buffer.from(buf.subarray(p));
+    this.carry = rest;
   }
 
-  private frame(type: number, buf: Buffer, start: number, end: number): void {
+  /** @internal (FrameSink) */
+  onFrame(type: number, buf: Buffer, start: number, end: number): void {
     if (this.id === null) {
       if (type === MessageType.CONNECT) this.login(buf, start, end);
       else this.sock.destroy();

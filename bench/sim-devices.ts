@@ -17,10 +17,12 @@ import {
   deviceCredential,
   deviceName,
   deviceSourceAddress,
+  INVALID_FRAME,
   SAMPLE,
   type SimCommand,
   type SimEvent,
   type SimStats,
+  splitFrames,
 } from './sim-protocol.js';
 
 /** STREAM_DATA frames per write when streaming. */
@@ -175,38 +177,9 @@ class SimDevice {
   }
 
   private onData(chunk: Buffer): void {
-    let buf = chunk;
-    if (this.carry) {
-      buf = Buffer.concat([this.carry, chunk]);
-      this.carry = null;
-    }
-    const n = buf.length;
-    let p = 0;
-    while (p < n) {
-      // Header: two varints (type, body size).
-      let q = p;
-      let type = 0;
-      let size = 0;
-      let shift = 0;
-      let b = 0x80;
-      while (q < n && b >= 0x80) {
-        b = buf[q++] as number;
-        type += (b & 0x7f) * 2 ** shift;
-        shift += 7;
-      }
-      if (b >= 0x80) break;
-      b = 0x80;
-      shift = 0;
-      while (q < n && b >= 0x80) {
-        b = buf[q++] as number;
-        size += (b & 0x7f) * 2 ** shift;
-        shift += 7;
-      }
-      if (b >= 0x80 || q + size > n) break;
-      this.onFrame(type, buf, q, q + size);
-      p = q + size;
-    }
-    if (p < n) this.carry = Buffer.from(buf.subarray(p));
+    const rest = splitFrames(this.carry, chunk, this);
+    // A stream this simulator cannot read: drop what it holds (the server would be at fault).
+    this.carry = rest === INVALID_FRAME ? null : rest;
     const out = this.out;
     if (out.length > 0 && this.sock) {
       this.sock.write(out.length === 1 ? (out[0] as Buffer) : Buffer.concat(out));
@@ -215,7 +188,8 @@ class SimDevice {
     out.length = 0;
   }
 
-  private onFrame(type: number, buf: Buffer, start: number, end: number): void {
+  /** @internal (FrameSink) */
+  onFrame(type: number, buf: Buffer, start: number, end: number): void {
     switch (type) {
       case MessageType.RUN: {
         const sid = streamIdOf(type, buf, start, end);

@@ -81,3 +81,54 @@ export type SimEvent =
   | { op: 'disconnected'; closed: number }
   | ({ op: 'stats' } & SimStats)
   | { op: 'error'; message: string };
+
+/** Something that takes whole IOTMP frames: the type and where the body is in `buf`. */
+export interface FrameSink {
+  onFrame(type: number, buf: Buffer, start: number, end: number): void;
+}
+
+/** What {@link splitFrames} returns for a header that is malformed or announces a body over the limit. */
+export const INVALID_FRAME = Symbol('invalid frame');
+
+/**
+ * Cuts socket chunks into IOTMP frames (header: two varints, type and body size, at most 5 bytes
+ * each) with no copy but of an unfinished frame, and hands each whole frame to `sink`. `carry`
+ * is what the previous call returned: the unfinished tail (null if none), to pass back with the
+ * next chunk; INVALID_FRAME when the stream cannot be read any further.
+ */
+export function splitFrames(
+  carry: Buffer | null,
+  chunk: Buffer,
+  sink: FrameSink,
+  maxBody = Number.POSITIVE_INFINITY,
+): Buffer | null | typeof INVALID_FRAME {
+  const buf = carry ? Buffer.concat([carry, chunk]) : chunk;
+  const n = buf.length;
+  let p = 0;
+  while (p < n) {
+    let q = p;
+    let type = 0;
+    let size = 0;
+    let shift = 0;
+    let b = 0x80;
+    while (q < n && b >= 0x80 && shift < 35) {
+      b = buf[q++] as number;
+      type += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+    }
+    if (b < 0x80) {
+      b = 0x80;
+      shift = 0;
+      while (q < n && b >= 0x80 && shift < 35) {
+        b = buf[q++] as number;
+        size += (b & 0x7f) * 2 ** shift;
+        shift += 7;
+      }
+    }
+    if ((b >= 0x80 && shift >= 35) || size > maxBody) return INVALID_FRAME;
+    if (b >= 0x80 || q + size > n) break;
+    sink.onFrame(type, buf, q, q + size);
+    p = q + size;
+  }
+  return p < n ? Buffer.from(buf.subarray(p)) : null;
+}

@@ -1,11 +1,21 @@
 import type { PsonValue } from '@iotmp/pson';
 
+/** How binary nested in a payload is written as JSON. */
+export type BinaryAsJson = (bytes: Uint8Array) => unknown;
+
+/** Base64 text: the REST API's form. */
+export const binaryAsBase64: BinaryAsJson = (bytes) =>
+  Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('base64');
+
+/** `{"bytes": [0-255, …]}`: the WebSockets' form, as Thinger.io writes it (its tools decode it). */
+export const binaryAsByteList: BinaryAsJson = (bytes) => ({ bytes: Array.from(bytes) });
+
 /**
- * A PSON value as JSON: bigints become numbers when exact, else decimal strings; binary
- * nested in a structure becomes base64 (top-level binary is sent as application/octet-stream
- * by the caller); Maps become objects.
+ * A PSON value as JSON: bigints become numbers when exact, else decimal strings; non-finite
+ * numbers null; Maps objects; binary nested in a structure as `binary` says (top-level binary
+ * is sent as application/octet-stream by the REST caller).
  */
-export function psonToJson(value: PsonValue | undefined): unknown {
+export function psonToJson(value: PsonValue | undefined, binary: BinaryAsJson = binaryAsBase64): unknown {
   if (value === undefined || value === null) return null;
   switch (typeof value) {
     case 'bigint':
@@ -20,20 +30,22 @@ export function psonToJson(value: PsonValue | undefined): unknown {
     default:
       break;
   }
-  if (value instanceof Uint8Array)
-    return Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64');
-  if (Array.isArray(value)) return value.map(psonToJson);
-  if (value instanceof Map) return Object.fromEntries([...value].map(([k, v]) => [k, psonToJson(v)]));
+  if (value instanceof Uint8Array) return binary(value);
+  if (Array.isArray(value)) return value.map((v) => psonToJson(v, binary));
   const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(value)) {
-    if (k === '__proto__')
-      Object.defineProperty(out, k, {
-        value: psonToJson(v),
+  const entries = value instanceof Map ? [...value] : Object.entries(value);
+  for (const [k, v] of entries) {
+    const name = String(k);
+    const converted = psonToJson(v as PsonValue, binary);
+    // A "__proto__" key is data, not the prototype.
+    if (name === '__proto__')
+      Object.defineProperty(out, name, {
+        value: converted,
         enumerable: true,
         writable: true,
         configurable: true,
       });
-    else out[k] = psonToJson(v);
+    else out[name] = converted;
   }
   return out;
 }

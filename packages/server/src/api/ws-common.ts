@@ -1,5 +1,6 @@
 import type { PsonValue } from '@iotmp/pson';
 import { AuthFailure, authorize, type Principal } from '../auth/tokens.js';
+import { binaryAsByteList, psonToJson } from './json.js';
 
 /*
  * What the WebSocket routes share: the bounded per-consumer sender, client frame parsing,
@@ -162,42 +163,9 @@ export function mayRead(principal: Principal, user: string, device: string, reso
   }
 }
 
-/**
- * A device payload as JSON on the WebSockets, the way Thinger.io writes it: binary becomes
- * `{"bytes": [0-255, …]}` (what its tools decode, e.g. a command's `out`), bigints numbers
- * when exact (else decimal strings), non-finite numbers null, Maps objects.
- */
+/** A device payload as JSON on the WebSockets: binary as `{"bytes": [0-255, …]}`. */
 export function wsJson(value: PsonValue | undefined): unknown {
-  if (value === undefined || value === null) return null;
-  switch (typeof value) {
-    case 'bigint':
-      return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER)
-        ? Number(value)
-        : value.toString();
-    case 'number':
-      return Number.isFinite(value) ? value : null;
-    case 'string':
-    case 'boolean':
-      return value;
-    default:
-      break;
-  }
-  if (value instanceof Uint8Array) return { bytes: Array.from(value) };
-  if (Array.isArray(value)) return value.map(wsJson);
-  const out: Record<string, unknown> = {};
-  const entries = value instanceof Map ? [...value] : Object.entries(value);
-  for (const [k, v] of entries) {
-    const name = String(k);
-    if (name === '__proto__')
-      Object.defineProperty(out, name, {
-        value: wsJson(v as PsonValue),
-        enumerable: true,
-        writable: true,
-        configurable: true,
-      });
-    else out[name] = wsJson(v as PsonValue);
-  }
-  return out;
+  return psonToJson(value, binaryAsByteList);
 }
 
 /*
