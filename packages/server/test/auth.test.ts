@@ -334,6 +334,14 @@ describe('scoped access tokens', () => {
     assertErrorBody(await as(tok, 'POST', resource('d1', 'led'), 1), 403, 'forbidden');
     assertErrorBody(await as(tok, 'GET', resource('d2', 'temperature')), 403, 'forbidden');
     assert.equal(inputs.d1?.length, before);
+    // DESCRIBE of the whole device shows only the resources the token lists.
+    for (const path of [`/v3/users/${ADMIN}/devices/d1/resources`, resource('d1', 'api')]) {
+      const api = await as(tok, 'GET', path);
+      assert.equal(api.status, 200);
+      assert.deepEqual(Object.keys(api.body as object), ['temperature'], path);
+    }
+    const all = await t.api('GET', `/v3/users/${ADMIN}/devices/d1/resources`);
+    assert.ok(Object.keys(all.body as object).length > 1, 'a login sees every resource');
   });
 
   it('scoped tokens cannot manage devices or tokens (403), nothing changes', async () => {

@@ -1,7 +1,7 @@
 import { ClosedError, FrameError, RequestError, TimeoutError } from '@iotmp/protocol';
 import { PsonError, type PsonValue } from '@iotmp/pson';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
-import { authorize } from '../auth/tokens.js';
+import { authorize, type Principal, visibleResources } from '../auth/tokens.js';
 import type { LiveDevice } from '../devices/hub.js';
 import { type AppContext, ID_PATTERN } from './context.js';
 import { errorSchema, HttpError } from './errors.js';
@@ -66,6 +66,19 @@ function send(reply: FastifyReply, output: PsonValue | undefined): unknown {
   return JSON.stringify(psonToJson(output));
 }
 
+/** A device's DESCRIBE answer cut to the resources a token lists (tokens limited to resources). */
+function onlyVisible(
+  principal: Principal,
+  device: string,
+  api: PsonValue | undefined,
+): PsonValue | undefined {
+  const visible = visibleResources(principal, device);
+  if (!visible || typeof api !== 'object' || api === null || Array.isArray(api) || api instanceof Uint8Array)
+    return api;
+  const entries = api instanceof Map ? [...api] : Object.entries(api);
+  return Object.fromEntries(entries.filter(([name]) => visible.includes(String(name)))) as PsonValue;
+}
+
 export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): void {
   const timeoutMs = ctx.config.deviceCallTimeoutMs;
 
@@ -110,7 +123,14 @@ export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): v
       authorize(request.principal!, user, 'read', device);
       const live = liveDevice(user, device);
       try {
-        return send(reply, await timed(() => live.session.describe(undefined, { timeoutMs })));
+        return send(
+          reply,
+          onlyVisible(
+            request.principal!,
+            device,
+            await timed(() => live.session.describe(undefined, { timeoutMs })),
+          ),
+        );
       } catch (err) {
         throw mapDeviceError(err, 'DESCRIBE', timeoutMs);
       }
@@ -131,7 +151,14 @@ export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): v
       authorize(request.principal!, user, 'read', device);
       const live = liveDevice(user, device);
       try {
-        return send(reply, await timed(() => live.session.describe(undefined, { timeoutMs })));
+        return send(
+          reply,
+          onlyVisible(
+            request.principal!,
+            device,
+            await timed(() => live.session.describe(undefined, { timeoutMs })),
+          ),
+        );
       } catch (err) {
         throw mapDeviceError(err, 'DESCRIBE', timeoutMs);
       }

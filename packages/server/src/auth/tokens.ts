@@ -248,5 +248,16 @@ export function authorize(
   }
 }
 
+/**
+ * The resources of `device` a principal may see, or undefined for all of them (a token without
+ * a resource list). Call after {@link authorize} has allowed the device.
+ */
+export function visibleResources(principal: Principal, device: string): readonly string[] | undefined {
+  const devices = principal.scope?.access === 'admin' ? undefined : principal.scope?.devices;
+  if (!devices) return undefined;
+  const grant = Object.hasOwn(devices, device) ? devices[device] : devices[ANY_DEVICE];
+  return grant?.resources;
+}
+
 /** The key of a scope's `devices` that grants every device (and nothing else). */
 export const ANY_DEVICE = '*';
