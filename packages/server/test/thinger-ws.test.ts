@@ -788,6 +788,50 @@ describe('WebSocket API: Thinger.io tools', () => {
     await assert.rejects(Client.open(t, path), /404/);
   });
 
+  test('a command or console session needs call access: read-only tokens are refused at the upgrade and the device runs nothing', async () => {
+    const started: unknown[] = [];
+    const d = await connectDevice('cmd-ro', (dev) => {
+      dev.resource('$cmd/:session', {
+        output: (_i, call) => {
+          if (call.parameters !== undefined) started.push(call.parameters);
+          return { out: 'ran' };
+        },
+        streamEcho: false,
+      });
+      dev.resource('sample', { output: () => 1 });
+    });
+    const tokenOf = async (name: string, body: Record<string, unknown>) =>
+      (
+        (await t.api('POST', `/v1/users/${ADMIN}/tokens`, { json: { name, ...body } })).body as {
+          access_token: string;
+        }
+      ).access_token;
+    const readOnly = await tokenOf('ro-everything', { scope: { access: 'read' } });
+    const readDevice = await tokenOf('ro-device', {
+      allow: { Device: { 'cmd-ro': ['ReadDeviceResource'] } },
+    });
+    const caller = await tokenOf('call-device', { allow: { Device: { 'cmd-ro': '*' } } });
+    const base = `/v3/users/${ADMIN}/devices/cmd-ro/resources`;
+    for (const token of [readOnly, readDevice]) {
+      await assert.rejects(Client.open(t, `${base}/$cmd/s1?cmd=reboot&timeout=5`, token), /403/);
+      await assert.rejects(Client.open(t, `${base}/$cmd/s2?raw=1`, token), /403/);
+      // Reading a plain stream stays allowed.
+      const reader = await Client.open(t, `${base}/sample`, token);
+      await reader.json({ signal: 'start' });
+      await reader.close();
+    }
+    // No stream was opened on the device for them (streaming reaches no one, runs nothing).
+    assert.equal(await d.stream('$cmd/s1'), 0);
+    assert.equal(await d.stream('$cmd/s2'), 0);
+    assert.deepEqual(started, [], 'no session reached the device');
+    const c = await Client.open(t, `${base}/$cmd/s3?cmd=uptime&timeout=5`, caller);
+    await c.json({ signal: 'start' });
+    assert.equal(await d.stream('$cmd/s3'), 1, 'the call token opened the session');
+    assert.deepEqual(started, [{ cmd: 'uptime', timeout: 5 }]);
+    await c.close();
+    await d.close();
+  });
+
   test('thinr-cli console: $terminal/{id}?raw=1 carries bare text and binary both ways, and closes when the device goes', async () => {
     const inputs: unknown[] = [];
     const d = await connectDevice('term1', (dev) => {

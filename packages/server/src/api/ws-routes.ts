@@ -263,7 +263,15 @@ export function registerWsRoutes(
     },
     preHandler: async (request: FastifyRequest) => {
       const { params, query } = request as OneRequest;
-      authorize(principalOf(request), params.user, 'read', params.device, params['*']);
+      // A session (a command's parameters, a raw console) does something on the device the
+      // moment it opens, as a call does: it needs call access, not read.
+      authorize(
+        principalOf(request),
+        params.user,
+        isSession(query) ? 'call' : 'read',
+        params.device,
+        params['*'],
+      );
       deviceMustExist(params.user, params.device);
       const ms = intervalMs(query.interval);
       if (typeof ms === 'string') throw new HttpError(400, 'invalid_request', ms);
