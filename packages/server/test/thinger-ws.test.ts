@@ -597,6 +597,44 @@ describe('WebSocket API: Thinger.io tools', () => {
     await c.close();
   });
 
+  test('v1 patterns and device-limited tokens: account-wide events are left out of a pattern, refused by name, and a refused frame changes nothing', async () => {
+    const limited = (
+      (
+        await t.api('POST', `/v1/users/${ADMIN}/tokens`, {
+          json: { name: 'v1-limited', allow: { Device: { 'lim-1': '*' } } },
+        })
+      ).body as { access_token: string }
+    ).access_token;
+    const c = await Client.open(t, `/v1/users/${ADMIN}/events`, limited);
+    // By name: refused, nothing subscribed.
+    c.send({ event: 'device_topic_publish', topic: 'a/#' });
+    const refused = (await c.next(() => true, 'refusal')).json as {
+      success: boolean;
+      error: { code: string };
+    };
+    assert.equal(refused.success, false);
+    assert.equal(refused.error.code, 'forbidden');
+    // A pattern that also names an event needing a missing filter, and nothing else: refused whole.
+    c.send({ event: 'bucket_write|device_topic_.*' });
+    const none = (await c.next(() => true, 'second refusal')).json as {
+      success: boolean;
+      error: { code: string };
+    };
+    assert.equal(none.success, false);
+    assert.equal(none.error.code, 'invalid_frame');
+    // Nothing of the refused frames was applied: a device coming and going sends nothing yet.
+    const d0 = await connectDevice('lim-1');
+    await d0.close();
+    // A pattern over every event: the device events the token covers are taken, topics and buckets left out.
+    c.send({ event: '.*', topic: 'a/#' });
+    const d = await connectDevice('lim-1');
+    const frame = (await c.next(() => true, 'state change')).json as Record<string, unknown>;
+    assert.equal(frame.event, 'device_state_change', 'the first frame after the refusals is the new connect');
+    assert.equal(frame.state, 'connected');
+    await d.close();
+    await c.close();
+  });
+
   test('Node-RED server-events (v1): a flat subscription with a state filter, no acknowledgement, flat event frames', async () => {
     const c = await Client.open(t, `/v1/users/${ADMIN}/events?authorization=${t.adminToken}`, undefined);
     // What the node sends for "device_state_change" with state "disconnected" (alert example).

@@ -371,7 +371,8 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
       if (k !== 'event' && k !== 'enabled' && k !== 'params' && k !== 'filters') flat[k] = v;
     }
     if (isPlainObject(frame.filters)) Object.assign(flat, frame.filters);
-    let done = 0;
+    // Everything is checked first and applied after: a frame is refused whole or taken whole.
+    const actions: Array<() => void> = [];
     /** Why events the pattern names were left out. */
     const skipped: string[] = [];
     for (const name of names) {
@@ -388,31 +389,46 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
           skipped.push(`${name} needs a ${required} filter`);
           continue;
         }
-        if (unsubscribe(name, undefined)) acknowledgeStop(name, name);
-        done++;
+        actions.push(() => {
+          if (unsubscribe(name, undefined)) acknowledgeStop(name, name);
+        });
         continue;
       }
       if (!enabled) {
         const filters = name === RESOURCE_STREAM ? parseFilters(name, given, 'v1', false) : undefined;
-        if (unsubscribe(name, filters)) acknowledgeStop(name, name);
-        done++;
+        actions.push(() => {
+          if (unsubscribe(name, filters)) acknowledgeStop(name, name);
+        });
         continue;
       }
-      // A pattern naming account-wide events a device-limited token cannot reach: not those.
-      if (!isExact && name === 'bucket_write' && !mayReadAccount(principal, user)) {
+      // Topics and buckets are the account's, not a device's: a device-limited token may not
+      // listen to them (an exact name is refused; a pattern leaves them out).
+      if ((name === 'bucket_write' || name === 'device_topic_publish') && !mayReadAccount(principal, user)) {
+        if (isExact) authorize(principal, user, 'read');
         skipped.push(`${name} is not for tokens limited to devices`);
         continue;
       }
       const filters = parseFilters(name, given, 'v1', true);
+      if (
+        name === RESOURCE_STREAM &&
+        !resources.has(resourceKey(filters)) &&
+        resources.size >= MAX_RESOURCE_SUBSCRIPTIONS
+      )
+        throw new FrameError(
+          'too_many_subscriptions',
+          `at most ${MAX_RESOURCE_SUBSCRIPTIONS} resource subscriptions per socket: remove one first`,
+        );
       const interval = name === RESOURCE_STREAM ? paramsInterval(frame.params) : 0;
-      subscribe(name, filters, interval, name === RESOURCE_STREAM ? frame.params : undefined);
-      done++;
+      actions.push(() =>
+        subscribe(name, filters, interval, name === RESOURCE_STREAM ? frame.params : undefined),
+      );
     }
-    if (done === 0)
+    if (actions.length === 0)
       throw new FrameError(
         'invalid_frame',
         `"${event}" matches no event this subscription can take (${skipped.join('; ')})`,
       );
+    for (const act of actions) act();
   };
 
   socket.on('message', (data, isBinary) => {
