@@ -267,6 +267,69 @@ describe('scoped access tokens', () => {
   const as = (tok: string, method: string, path: string, json?: unknown) =>
     t.request(method, path, { token: tok, json });
 
+  it('a token made or changed with an access token may not outlive it (403); a login may', async () => {
+    const short = await t.api('POST', `/v1/users/${ADMIN}/tokens`, {
+      json: { name: 'short-admin', allow: { '*': { '*': '*' } }, expires_in: 120 },
+    });
+    assert.equal(short.status, 201, short.bytes.toString());
+    const tok = (short.body as { access_token: string }).access_token;
+    const key = (short.body as { token: string }).token;
+    const before = ((await t.api('GET', `/v1/users/${ADMIN}/tokens`)).body as unknown[]).length;
+    assertErrorBody(
+      await as(tok, 'POST', `/v1/users/${ADMIN}/tokens`, { name: 'forever' }),
+      403,
+      'forbidden',
+    );
+    assertErrorBody(
+      await as(tok, 'POST', `/v1/users/${ADMIN}/tokens`, { name: 'later', expires_in: 3600 }),
+      403,
+      'forbidden',
+    );
+    assertErrorBody(
+      await as(tok, 'PUT', `/v1/users/${ADMIN}/tokens/${key}`, { expire: 0 }),
+      403,
+      'forbidden',
+    );
+    assertErrorBody(
+      await as(tok, 'POST', `/v1/users/${ADMIN}/devices/d1/tokens`, { token_name: 'dev-forever' }),
+      403,
+      'forbidden',
+    );
+    assert.equal(((await t.api('GET', `/v1/users/${ADMIN}/tokens`)).body as unknown[]).length, before);
+    // Within its own lifetime it may; a login token may make one that never expires.
+    const within = await as(tok, 'POST', `/v1/users/${ADMIN}/tokens`, { name: 'within', expires_in: 60 });
+    assert.equal(within.status, 201, within.bytes.toString());
+    const forever = await t.api('PUT', `/v1/users/${ADMIN}/tokens/${key}`, { json: { expire: 0 } });
+    assert.equal(forever.status, 200, forever.bytes.toString());
+  });
+
+  it('deleting a device deletes the tokens limited to it: a device re-created under its id does not inherit them', async () => {
+    const created = await t.api('POST', `/v1/users/${ADMIN}/devices`, {
+      json: { device: 'tmpdev', credentials: 'tmp-secret-1' },
+    });
+    assert.equal(created.status, 201, created.bytes.toString());
+    const devTok = await t.api('POST', `/v1/users/${ADMIN}/devices/tmpdev/tokens`, {
+      json: { token_name: 'tmp' },
+    });
+    assert.equal(devTok.status, 201, devTok.bytes.toString());
+    const tok = (devTok.body as { access_token: string }).access_token;
+    const other = await token('d1-and-tmpdev', { access: 'read', devices: { d1: {}, tmpdev: {} } });
+    assert.equal((await as(tok, 'GET', `/v1/users/${ADMIN}/devices/tmpdev`)).status, 200);
+    assert.equal((await t.api('DELETE', `/v1/users/${ADMIN}/devices/tmpdev`)).status, 200);
+    assert.equal(
+      (
+        await t.api('POST', `/v1/users/${ADMIN}/devices`, {
+          json: { device: 'tmpdev', credentials: 'tmp-secret-2' },
+        })
+      ).status,
+      201,
+    );
+    assertErrorBody(await as(tok, 'GET', `/v1/users/${ADMIN}/devices/tmpdev`), 401, 'invalid_token');
+    // A token naming other devices too is the user's to change: it stays.
+    assert.equal((await as(other.access_token, 'GET', `/v1/users/${ADMIN}/devices/d1`)).status, 200);
+    assert.equal((await t.api('DELETE', `/v1/users/${ADMIN}/devices/tmpdev`)).status, 200);
+  });
+
   it('the token is shown once; the list shows names and scopes only', async () => {
     const created = await token('listed', { access: 'read' });
     const res = await t.api('GET', `/v1/users/${ADMIN}/tokens`);

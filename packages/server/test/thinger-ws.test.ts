@@ -597,6 +597,45 @@ describe('WebSocket API: Thinger.io tools', () => {
     await c.close();
   });
 
+  test('WebSockets opened with an access token close (4401) when the token is changed, deleted or expires', async () => {
+    const d = await connectDevice('rev-1', (dev) => dev.resource('sample', { output: () => 1 }));
+    const make = async (name: string, extra: Record<string, unknown> = {}) => {
+      const res = await t.api('POST', `/v1/users/${ADMIN}/tokens`, {
+        json: { name, allow: { Device: { 'rev-1': '*' } }, ...extra },
+      });
+      assert.equal(res.status, 201, res.bytes.toString());
+      return res.body as { access_token: string; token: string };
+    };
+    const changed = await make('rev-changed');
+    const deleted = await make('rev-deleted');
+    // Expires within 1–2 s (Thinger.io's `expire`: seconds since 1970).
+    const expiring = await make('rev-expiring', { expire: Math.floor(Date.now() / 1000) + 2 });
+    const untouched = await make('rev-untouched');
+    const events = await Client.open(t, `/v2/users/${ADMIN}/events`, changed.access_token);
+    const many = await Client.open(t, `/v3/users/${ADMIN}/devices/rev-1/resources`, deleted.access_token);
+    const one = await Client.open(
+      t,
+      `/v3/users/${ADMIN}/devices/rev-1/resources/sample`,
+      expiring.access_token,
+    );
+    const kept = await Client.open(t, `/v2/users/${ADMIN}/events`, untouched.access_token);
+    assert.equal(
+      (await t.api('PUT', `/v1/users/${ADMIN}/tokens/${changed.token}`, { json: { enabled: false } })).status,
+      200,
+    );
+    assert.equal((await events.waitClosed()).code, 4401);
+    assert.equal((await t.api('DELETE', `/v1/users/${ADMIN}/tokens/${deleted.token}`)).status, 200);
+    assert.equal((await many.waitClosed()).code, 4401);
+    const expired = await one.waitClosed();
+    assert.deepEqual(expired, { code: 4401, reason: 'access token expired' });
+    // Another token's socket is not touched.
+    kept.send({ event: 'device_state_change' });
+    await kept.json({ signal: 'start' });
+    assert.equal(kept.closed, undefined);
+    await kept.close();
+    await d.close();
+  });
+
   test('v1 patterns and device-limited tokens: account-wide events are left out of a pattern, refused by name, and a refused frame changes nothing', async () => {
     const limited = (
       (

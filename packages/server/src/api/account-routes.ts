@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { hashSecret } from '../auth/passwords.js';
 import { PermissionError, scopeFromPermissions } from '../auth/permissions.js';
-import { ANY_DEVICE, authorize } from '../auth/tokens.js';
+import { ANY_DEVICE, authorize, type Principal } from '../auth/tokens.js';
 import {
   type AccessTokenPatch,
   type AccessTokenRecord,
@@ -90,6 +90,22 @@ function refuseType(type: string | undefined): void {
 type DeviceListQuery = { count?: number; index?: number; name?: string } & Partial<
   Record<(typeof GROUPINGS)[number], string>
 >;
+
+/**
+ * A token made or changed with an access token (not a login) may not outlive it: otherwise a
+ * token about to expire could mint a permanent one. Returns the expiry to store.
+ */
+function withinCallersExpiry(caller: Principal, expiresAt: number | null): number | null {
+  const callerExpiresAt = caller.expiresAt;
+  if (callerExpiresAt === undefined || callerExpiresAt === null) return expiresAt;
+  if (expiresAt === null || expiresAt > callerExpiresAt)
+    throw new HttpError(
+      403,
+      'forbidden',
+      `this access token expires at ${new Date(callerExpiresAt).toISOString()}: tokens it makes or changes must expire by then (log in to make longer-lived ones)`,
+    );
+  return expiresAt;
+}
 
 export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): void {
   const view = (d: DeviceRecord) => {
@@ -649,8 +665,10 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
       else if (b.deny !== undefined && b.deny !== null)
         throw new HttpError(400, 'invalid_request', 'deny needs allow');
       else checkScopeDevices(scope);
-      const expiresAt =
-        b.expires_in !== undefined ? Date.now() + b.expires_in * 1000 : (expireAt(b.expire) ?? null);
+      const expiresAt = withinCallersExpiry(
+        request.principal!,
+        b.expires_in !== undefined ? Date.now() + b.expires_in * 1000 : (expireAt(b.expire) ?? null),
+      );
       return createToken(
         user,
         {
@@ -716,11 +734,12 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
         const b = request.body ?? {};
         if (b.scope !== undefined && (b.allow !== undefined || b.deny !== undefined))
           throw new HttpError(400, 'invalid_request', 'give either scope or allow/deny, not both');
+        const expire = expireAt(b.expire);
         const patch: AccessTokenPatch = {
           name: b.name,
           description: b.description,
           enabled: b.enabled,
-          expiresAt: expireAt(b.expire),
+          expiresAt: expire === undefined ? undefined : withinCallersExpiry(request.principal!, expire),
         };
         if (b.scope !== undefined) {
           checkScopeDevices(b.scope);
@@ -853,7 +872,7 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
         {
           name: b.token_name,
           scope: { access: 'call', devices },
-          expiresAt: expireAt(b.token_expiration) ?? null,
+          expiresAt: withinCallersExpiry(request.principal!, expireAt(b.token_expiration) ?? null),
         },
         reply,
       )) as ReturnType<typeof tokenView> & { access_token: string };

@@ -180,6 +180,37 @@ export function registerWsRoutes(
   const sender = (socket: FrameSink) =>
     new BoundedSender(socket, maxBuffered, () => ctx.metrics.wsDropped.inc());
 
+  // Sockets opened with an API access token, by token id. Changing, disabling or deleting the
+  // token, or its expiry passing, closes them (4401): the client connects again and gets what
+  // the token allows now. (Login tokens are not stored; their sockets live on.)
+  const tokenSockets = new Map<string, Set<WatchedSocket>>();
+  ctx.accounts.onTokenChange((id) => {
+    for (const s of tokenSockets.get(id) ?? [])
+      s.close(4401, 'access token changed or revoked: connect again');
+  });
+  const watchToken = (principal: Principal, socket: WatchedSocket) => {
+    const id = principal.tokenId;
+    if (id === undefined) return;
+    const sockets = tokenSockets.get(id) ?? new Set<WatchedSocket>();
+    tokenSockets.set(id, sockets);
+    sockets.add(socket);
+    let timer: NodeJS.Timeout | undefined;
+    const checkExpiry = () => {
+      const expiresAt = ctx.accounts.getAccessToken(id)?.expiresAt;
+      if (expiresAt === null || expiresAt === undefined) return;
+      const left = expiresAt - Date.now();
+      if (left <= 0) socket.close(4401, 'access token expired');
+      // (Timers hold at most ~24.8 days: a later expiry is checked again then.)
+      else timer = setTimeout(checkExpiry, Math.min(left + 1, 2 ** 31 - 1)).unref();
+    };
+    checkExpiry();
+    socket.once('close', () => {
+      clearTimeout(timer);
+      sockets.delete(socket);
+      if (sockets.size === 0) tokenSockets.delete(id);
+    });
+  };
+
   if (!app.hasConstraintStrategy(WS_CONSTRAINT)) {
     app.addConstraintStrategy({
       name: WS_CONSTRAINT,
@@ -198,6 +229,11 @@ export function registerWsRoutes(
   }
 
   const principalOf = (request: FastifyRequest): Principal => request.principal as Principal;
+  /** What watchToken needs of a socket. */
+  type WatchedSocket = {
+    close(code: number, reason: string): void;
+    once(event: 'close', fn: () => void): unknown;
+  };
 
   const deviceMustExist = (user: string, device: string) => {
     if (!ctx.accounts.getDevice(user, device))
@@ -285,6 +321,7 @@ export function registerWsRoutes(
       const { user, device } = request.params;
       const resource = request.params['*'];
       const principal = principalOf(req);
+      watchToken(principal, socket);
       const query = request.query;
       const ms = intervalMs(query.interval) as number;
       const raw = isRaw(query);
@@ -414,6 +451,7 @@ export function registerWsRoutes(
     wsHandler: (socket, req) => {
       const { user, device } = (req as unknown as ManyRequest).params;
       const principal = principalOf(req);
+      watchToken(principal, socket);
       const out = sender(socket);
       interface Entry {
         sub: StreamSubscription | undefined;
@@ -536,7 +574,8 @@ export function registerWsRoutes(
           .code(426)
           .header('upgrade', 'websocket')
           .send(errorBody('upgrade_required', 'this route is a WebSocket: connect with Upgrade: websocket')),
-      wsHandler: (socket, req) =>
+      wsHandler: (socket, req) => {
+        watchToken(principalOf(req), socket);
         serveEvents(socket, {
           ctx,
           streams,
@@ -545,7 +584,8 @@ export function registerWsRoutes(
           dialect,
           out: sender(socket),
           maxFrameBytes,
-        }),
+        });
+      },
     });
   eventsRoute('v2');
   eventsRoute('v1');

@@ -9,6 +9,8 @@ export interface Principal {
   /** Restrictions of an access token; undefined for a user's own login token (full access). */
   scope: TokenScope | undefined;
   tokenId: string | undefined;
+  /** When the access token expires (ms), if it does; undefined for a login token. */
+  expiresAt?: number | null | undefined;
 }
 
 export class AuthFailure extends Error {
@@ -201,7 +203,7 @@ export class TokenService {
       if (record.expiresAt !== null && record.expiresAt < Date.now())
         throw new AuthFailure('access token expired', 401, 'token_expired');
       if (!record.enabled) throw new AuthFailure('access token disabled', 401, 'token_disabled');
-      return { username, scope: record.scope, tokenId: record.id };
+      return { username, scope: record.scope, tokenId: record.id, expiresAt: record.expiresAt };
     }
     throw new AuthFailure('invalid access token', 401, 'invalid_token');
   }

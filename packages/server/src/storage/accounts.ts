@@ -323,8 +323,22 @@ export class AccountStore {
     return info.changes === 0 ? undefined : this.getDevice(username, device);
   }
 
+  /**
+   * Deletes a device, and the access tokens that give access to it alone (its device tokens):
+   * a device created later under the same id must not inherit them.
+   */
   deleteDevice(username: string, device: string): boolean {
-    return this.st.deleteDevice.run(username, device).changes > 0;
+    const onlyThisDevice = this.listAccessTokens(username).filter((t) => {
+      const devices = t.scope.access === 'admin' ? undefined : t.scope.devices;
+      return devices !== undefined && Object.keys(devices).length === 1 && Object.hasOwn(devices, device);
+    });
+    const deleted = this.db.transaction(() => {
+      if (this.st.deleteDevice.run(username, device).changes === 0) return false;
+      for (const t of onlyThisDevice) this.st.deleteToken.run(username, t.id);
+      return true;
+    })();
+    if (deleted) for (const t of onlyThisDevice) this.tokenChanged(t.id);
+    return deleted;
   }
 
   /**
@@ -393,6 +407,21 @@ export class AccountStore {
     return (this.st.listTokens.all(username) as TokenRow[]).map(toToken);
   }
 
+  private readonly tokenListeners = new Set<(id: string) => void>();
+
+  /**
+   * Calls `listener` with a token's internal id whenever that token is changed or deleted (open
+   * WebSockets opened with it are closed: what it allows may have changed). Returns the unsubscribe.
+   */
+  onTokenChange(listener: (id: string) => void): () => void {
+    this.tokenListeners.add(listener);
+    return () => this.tokenListeners.delete(listener);
+  }
+
+  private tokenChanged(id: string): void {
+    for (const l of this.tokenListeners) l(id);
+  }
+
   /** Applies the given changes to a token (by internal id); the updated record, if it exists. */
   updateAccessToken(username: string, id: string, patch: AccessTokenPatch): AccessTokenRecord | undefined {
     const sets: string[] = [];
@@ -412,13 +441,17 @@ export class AccountStore {
     const info = this.db
       .prepare(`UPDATE access_tokens SET ${sets.join(', ')} WHERE username = ? AND id = ?`)
       .run(...values, username, id);
-    return info.changes === 0 ? undefined : this.getAccessToken(id);
+    if (info.changes === 0) return undefined;
+    this.tokenChanged(id);
+    return this.getAccessToken(id);
   }
 
   /** Deletes a user's access token, named by key or internal id. */
   deleteAccessToken(username: string, key: string): boolean {
     const found = this.findAccessToken(username, key);
-    return found !== undefined && this.st.deleteToken.run(username, found.id).changes > 0;
+    if (found === undefined || this.st.deleteToken.run(username, found.id).changes === 0) return false;
+    this.tokenChanged(found.id);
+    return true;
   }
 
   // --- refresh tokens (single use: taking one deletes it)
