@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { type Device, RequestError } from '@iotmp/device';
+import { type BucketQuery, QueryError, type QueryStats, runQuery } from '../src/storage/bucket-query.js';
 import { BucketError, BucketStore } from '../src/storage/buckets.js';
 import { openDatabase } from '../src/storage/database.js';
 import {
@@ -605,6 +606,150 @@ describe('buckets', { concurrency: true }, () => {
       assert.equal(store.unacknowledged, 0);
       assert.equal(await store.write('u', 'b', { a: 5 }), 1, 'accepted again once they are durable');
       assert.equal(store.countRecords('u', 'b'), 4);
+      await store.close();
+    } finally {
+      db.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('aggregations keep only what their type needs, charged to the answer as kept: too much is refused (413) at once', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'iotmp-buckets-agg-'));
+    const db = openDatabase(join(dir, 'b.db'));
+    try {
+      db.prepare('INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)').run('u', 'x', 0);
+      const store = new BucketStore(db, { compactIntervalMs: 0, sweepIntervalMs: 0 });
+      store.create('u', { bucket: 'b', source: 'write' });
+      const big = 'x'.repeat(20_000);
+      // One record per second: with agg=1s, one window each.
+      await store.write(
+        'u',
+        'b',
+        Array.from({ length: 300 }, (_, i) => ({ ts: (i + 1) * 1000, s: `${big}${i}`, n: i })),
+      );
+      const perSecond = (aggType: BucketQuery['aggType'], items = 1000): BucketQuery => ({
+        items,
+        sort: 'asc',
+        agg: { n: 1, unit: 's' },
+        aggType,
+      });
+      const run = async (q: BucketQuery, maxAnswerBytes?: number) => {
+        const stats: QueryStats = { pages: 0, records: 0, peakBytes: 0 };
+        const rows = await runQuery(store, 'u', 'b', q, { stats, maxAnswerBytes });
+        return { rows: rows.map((r) => ({ ts: r.ts, val: JSON.parse(r.data) })), stats };
+      };
+
+      // count keeps no values: a few bytes per window, not the 20 kB strings.
+      const count = await run(perSecond('count'));
+      assert.deepEqual(
+        count.rows,
+        Array.from({ length: 300 }, (_, i) => ({ ts: (i + 1) * 1000, val: { s: 1, n: 1 } })),
+      );
+      assert.ok(count.stats.peakBytes < 300 * 200, `count held ${count.stats.peakBytes} bytes`);
+      const mean = await run(perSecond('mean'));
+      assert.deepEqual(mean.rows[7], { ts: 8000, val: { n: 7 } });
+      assert.ok(mean.stats.peakBytes < 300 * 200, `mean held ${mean.stats.peakBytes} bytes`);
+
+      // last over one window keeps one value at a time.
+      const last = await run({ items: 10, sort: 'asc', aggType: 'last' });
+      assert.deepEqual(last.rows, [{ ts: 1000, val: { s: `${big}299`, n: 299 } }]);
+      assert.ok(last.stats.peakBytes < 3 * 20_100, `last held ${last.stats.peakBytes} bytes`);
+      const first = await run({ items: 10, sort: 'asc', aggType: 'first', minTs: 5000 });
+      assert.deepEqual(first.rows, [{ ts: 5000, val: { s: `${big}4`, n: 4 } }]);
+
+      // last per second keeps every string: refused as soon as they pass the budget, long
+      // before the scan ends, and never holding much more than the budget.
+      const budget = 1_000_000;
+      const stats: QueryStats = { pages: 0, records: 0, peakBytes: 0 };
+      await assert.rejects(
+        runQuery(store, 'u', 'b', perSecond('last'), { stats, maxAnswerBytes: budget }),
+        (err: unknown) =>
+          err instanceof QueryError && err.status === 413 && err.code === 'response_too_large',
+      );
+      assert.ok(stats.records < 60, `read ${stats.records} records before refusing`);
+      assert.ok(stats.peakBytes <= budget + 20_100, `held ${stats.peakBytes} bytes`);
+      // Within the budget, the same query answers exactly.
+      const few = await run({ ...perSecond('last'), maxTs: 40_000 }, budget);
+      assert.equal(few.rows.length, 40);
+      assert.deepEqual(few.rows[39], { ts: 40_000, val: { s: `${big}39`, n: 39 } });
+
+      // Long group values (kept by digest) still group exactly.
+      store.create('u', { bucket: 'g', source: 'write' });
+      await store.write('u', 'g', [
+        { ts: 1, g: `${big}a`, n: 1 },
+        { ts: 2, g: `${big}b`, n: 2 },
+        { ts: 3, g: `${big}a`, n: 3 },
+      ]);
+      const groups = await runQuery(store, 'u', 'g', { items: 10, sort: 'asc', groupBy: ['g'] });
+      assert.deepEqual(
+        groups.map((r) => [r.ts, (JSON.parse(r.data) as { n: number }).n]),
+        [
+          [1, 1],
+          [2, 2],
+        ],
+      );
+      const sums = await runQuery(store, 'u', 'g', {
+        items: 10,
+        sort: 'asc',
+        groupBy: ['g'],
+        aggType: 'sum',
+      });
+      assert.deepEqual(
+        sums.map((r) => JSON.parse(r.data)),
+        [
+          { g: `${big}a`, n: 4 },
+          { g: `${big}b`, n: 2 },
+        ],
+      );
+      await store.close();
+    } finally {
+      db.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('scans read pages bounded by bytes as well as records', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'iotmp-buckets-pages-'));
+    const db = openDatabase(join(dir, 'b.db'));
+    try {
+      db.prepare('INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)').run('u', 'x', 0);
+      const store = new BucketStore(db, { compactIntervalMs: 0, sweepIntervalMs: 0 });
+      store.create('u', { bucket: 'b', source: 'write' });
+      const big = 'y'.repeat(30_000);
+      for (let part = 0; part < 2; part++)
+        await store.write(
+          'u',
+          'b',
+          Array.from({ length: 300 }, (_, i) => ({ ts: part * 300 + i + 1, s: big, n: 1 })),
+        );
+      await store.compact();
+      // Small records after the large ones.
+      for (let part = 0; part < 2; part++)
+        await store.write(
+          'u',
+          'b',
+          Array.from({ length: 1000 }, (_, i) => ({ ts: 1000 + part * 1000 + i, n: 1 })),
+        );
+      const pages: Array<{ items: number; bytes: number }> = [];
+      const spy = Object.create(store) as BucketStore;
+      spy.read = (...args: Parameters<BucketStore['read']>) => {
+        const page = store.read(...args);
+        pages.push({ items: page.length, bytes: page.reduce((n, r) => n + r.data.length, 0) });
+        return page;
+      };
+      const rows = await runQuery(spy, 'u', 'b', { items: 10, sort: 'asc', aggType: 'count' });
+      assert.deepEqual(
+        rows.map((r) => JSON.parse(r.data)),
+        [{ s: 600, n: 2600 }],
+      );
+      assert.equal(
+        pages.reduce((n, p) => n + p.items, 0),
+        2600,
+      );
+      const largest = Math.max(...pages.map((p) => p.bytes));
+      assert.ok(largest <= 8 * 1024 * 1024 + 64 * 1024, `a page of ${largest} bytes`);
+      // 1000 records a page would be 30 MB here.
+      assert.ok(pages[0] && pages[0].items < 1000 && pages.length > 3, JSON.stringify(pages));
       await store.close();
     } finally {
       db.close();

@@ -624,6 +624,58 @@ describe('Thinger.io tools: list `name` filters are case-insensitive regular exp
     });
     assertErrorBody(await t.api('GET', `${U}/buckets?name=${q('b{1}')}`), 400, 'invalid_request');
   });
+
+  it('10,000 buckets with 256-character names: patterns answer at once; one too costly to run is refused with 400', async () => {
+    const s = await TestServer.start({ tcp: false, tls: false });
+    try {
+      // Names of random a/b (a fixed sequence): no pattern's automaton can cache them all.
+      let seed = 42;
+      const bit = () => {
+        seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+        return seed & 1024 ? 'a' : 'b';
+      };
+      for (let i = 0; i < 10_000; i++)
+        s.server.buckets.create(ADMIN, {
+          bucket: `bk${String(i).padStart(5, '0')}`,
+          name: Array.from({ length: 256 }, bit).join(''),
+          source: 'write',
+        });
+      const timed = async (pattern: string, extra = '') => {
+        const started = performance.now();
+        const res = await s.api('GET', `${U}/buckets?name=${q(pattern)}${extra}`);
+        return { res, ms: performance.now() - started };
+      };
+      const ids = (res: { body: unknown }) => (res.body as Json[]).map((b) => b.bucket);
+      // The reviewer's worst case for the per-position matcher (seconds before, twice over).
+      const worst = await timed(`${'[^!]*'.repeat(25)}!`.slice(0, 128));
+      assert.equal(worst.res.status, 200, worst.res.bytes.toString());
+      assert.deepEqual(ids(worst.res), []);
+      assert.equal(worst.res.headers.get('x-total-count'), '0');
+      assert.ok(worst.ms < 1500, `worst-case pattern took ${worst.ms} ms`);
+      // Ordinary patterns and plain text: the same answers as always.
+      const simple = await timed('^bk0000[0-4]$|nomatch');
+      assert.deepEqual(ids(simple.res), ['bk00000', 'bk00001', 'bk00002', 'bk00003', 'bk00004']);
+      assert.equal(simple.res.headers.get('x-total-count'), '5');
+      const paged = await timed('^BK09.*9$', '&count=2&index=98');
+      assert.deepEqual(ids(paged.res), ['bk09989', 'bk09999']);
+      assert.equal(paged.res.headers.get('x-total-count'), '100');
+      const plain = await timed('bk0999');
+      assert.equal(plain.res.headers.get('x-total-count'), '10');
+      assert.equal((await timed('esp.*32')).res.headers.get('x-total-count'), '0');
+      // A pattern whose states do not fit the matcher's cache: refused once its work passes
+      // the budget, rather than matched for seconds.
+      const costly = await timed(`a${'.'.repeat(100)}!`);
+      assertErrorBody(costly.res, 400, 'invalid_request');
+      assert.match(
+        (costly.res.body as { error: { message: string } }).error.message,
+        /too costly to search this many buckets; use a simpler pattern or plain text/,
+      );
+      assert.ok(costly.ms < 1500, `costly pattern took ${costly.ms} ms`);
+      assert.equal((await s.request('GET', '/health')).status, 200);
+    } finally {
+      await s.close();
+    }
+  });
 });
 
 describe('Thinger.io tools: device statistics', () => {
@@ -812,6 +864,21 @@ describe('Thinger.io tools: buckets', () => {
       { ts: base - 19 * 60 * min, val: { temperature: 4 } },
       { ts: base + 5 * 60 * min, val: { temperature: 1 } },
     ]);
+  });
+
+  it('year and month windows reaching back before year 100 start at 0 (1970), not in 1900', async () => {
+    const window = async (agg: string) =>
+      rows(`${U}/buckets/climate/data?agg=${agg}&agg_type=count&fields=temperature`);
+    // 3000 years (or 2025, or 30000 months) from year 0: the window holding 2024 starts in year 0.
+    for (const agg of ['3000y', '2025y', '30000mo'])
+      assert.deepEqual(await window(agg), [{ ts: 0, val: { temperature: 5 } }], agg);
+    assert.deepEqual(
+      await rows(`${U}/buckets/climate/data?agg=3000y&agg_type=count&fields=temperature&tz=Asia/Tokyo`),
+      [{ ts: 0, val: { temperature: 5 } }],
+    );
+    for (const agg of ['1000y', '12000mo'])
+      assert.deepEqual(await window(agg), [{ ts: Date.UTC(2000, 0, 1), val: { temperature: 5 } }], agg);
+    assert.deepEqual(await window('1y'), [{ ts: base, val: { temperature: 5 } }]);
   });
 
   it('bucket reads refuse what they cannot answer: transform, unknown time zones, windows and parameters', async () => {

@@ -16,7 +16,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import type { Device } from '@iotmp/device';
 import WebSocket from 'ws';
-import { compilePattern } from '../src/api/ws-pattern.js';
+import { HttpError } from '../src/api/errors.js';
+import { MAX_NAME_FILTER_WORK, nameFilter } from '../src/api/name-filter.js';
+import { compileCountingMatcher, compilePattern } from '../src/api/ws-pattern.js';
 import { ADMIN, TestServer, waitFor, withTimeout } from './helpers.js';
 
 const WAIT_MS = 8000;
@@ -1047,5 +1049,148 @@ describe('v1 filter patterns', () => {
     const searchStart = performance.now();
     assert.equal(search('A'.repeat(5000)), false);
     assert.ok(performance.now() - searchStart < 1000, `search took ${performance.now() - searchStart} ms`);
+  });
+
+  /** A deterministic pseudo-random source (the same cases on every run). */
+  const random = (seed: number) => {
+    let state = seed;
+    const next = (n: number) => {
+      state = (state * 1103515245 + 12345) & 0x7fffffff;
+      return state % n;
+    };
+    const pick = <T>(items: readonly T[]): T => items[next(items.length)] as T;
+    const text = (alphabet: readonly string[], length: number) =>
+      Array.from({ length }, () => pick(alphabet)).join('');
+    return { next, pick, text };
+  };
+
+  test('the cached automaton agrees with RegExp on random patterns, matchers reused across many values', () => {
+    const { next, pick, text } = random(20240601);
+    const atoms = [
+      'a',
+      'b',
+      'A',
+      '0',
+      '-',
+      '.',
+      '[ab]',
+      '[^a]',
+      '[a-c]',
+      '[^0-9b]',
+      '\\d',
+      '\\w',
+      '\\.',
+      'é',
+    ];
+    const quantifiers = ['', '', '*', '+', '?'];
+    const permissive = ['.', '.', '[^a]', '\\w', '[ab]', 'a', '[^-]'];
+    // No line terminators (RegExp's `.` skips them) and no astral characters (RegExp without
+    // the u flag sees two): on these both engines agree.
+    const alphabet = ['a', 'b', 'A', 'B', 'c', '0', '1', '-', '.', 'é', 'É', '中'];
+    let compared = 0;
+    for (let k = 0; k < 400; k++) {
+      // The last ones are longer and permissive: sets of positions over several 32-bit words.
+      const long = k >= 300;
+      const alternatives = Array.from({ length: 1 + next(3) }, () => {
+        const body = Array.from(
+          { length: long ? 12 + next(30) : next(7) },
+          () => pick(long ? permissive : atoms) + pick(quantifiers),
+        ).join('');
+        return `${next(4) === 0 ? '^' : ''}${body}${next(4) === 0 ? '$' : ''}`;
+      });
+      const pattern = alternatives.join('|');
+      if (pattern.length > 256) continue; // longer than patterns may be
+      const search = compilePattern(pattern, { search: true, ignoreCase: true });
+      const searchRe = new RegExp(pattern, 'i');
+      const whole = compilePattern(pattern);
+      const wholeRe = new RegExp(
+        `^(?:${alternatives.map((a) => a.replace(/^\^/, '').replace(/\$$/, '')).join('|')})$`,
+      );
+      for (let v = 0; v < 40; v++) {
+        const value = text(alphabet, next(k < 300 ? 14 : 60));
+        assert.equal(search(value), searchRe.test(value), `search ${pattern} ~ ${value}`);
+        assert.equal(whole(value), wholeRe.test(value), `whole ${pattern} ~ ${value}`);
+        compared++;
+      }
+    }
+    assert.ok(compared > 380 * 40, `${compared} compared`);
+
+    // More states than the cache holds (it starts over), long values, both modes.
+    const wide = `a${'.'.repeat(12)}`;
+    const wideSearch = compilePattern(wide, { search: true, ignoreCase: true });
+    const wideWhole = compilePattern(`.*${wide}b.*`);
+    for (let v = 0; v < 200; v++) {
+      const value = text(['a', 'b', 'B'], 64);
+      assert.equal(wideSearch(value), /a.{12}/i.test(value), `${wide} ~ ${value}`);
+      assert.equal(wideWhole(value), /^.*a.{12}b.*$/.test(value), `whole ~ ${value}`);
+    }
+
+    // More classes of characters outside ASCII than the class table holds.
+    const greek = [...'αβγδεζηθικλμνξοπρτυφχψω'];
+    const many = `${greek.map((g, i) => (i % 2 === 0 ? g : `${g}|`)).join('')}.z`;
+    const manySearch = compilePattern(many, { search: true, ignoreCase: true });
+    const manyRe = new RegExp(many, 'i');
+    const both = [...greek, ...greek.map((g) => g.toUpperCase()), 'z', 'Z', 'x'];
+    for (let v = 0; v < 300; v++) {
+      const value = text(both, next(30));
+      assert.equal(manySearch(value), manyRe.test(value), `${many} ~ ${value}`);
+    }
+  });
+
+  test('a surrogate pair is one character, a lone surrogate too', () => {
+    assert.equal(compilePattern('a.b')('a\u{1F600}b'), true);
+    assert.equal(compilePattern('a..b')('a\u{1F600}b'), false);
+    assert.equal(compilePattern('^.$', { search: true })('\u{1F600}'), true);
+    assert.equal(compilePattern('a.b')('a\ud800b'), true);
+    assert.equal(compilePattern('[^x]+')('\u{1F600}\u{1F601}\udc00'), true);
+  });
+
+  test('matchers count their work: one unit per character once cached; more, still linear, for patterns with too many states', () => {
+    // The reviewer's worst case for the per-position matcher: one table read per character here.
+    const worst = compileCountingMatcher(`${'[^!]*'.repeat(25)}!`.slice(0, 128), {
+      search: true,
+      ignoreCase: true,
+    });
+    const name = 'N'.repeat(256);
+    assert.equal(worst.test(name), false);
+    const warm = worst.work;
+    for (let i = 0; i < 100; i++) assert.equal(worst.test(name), false);
+    assert.equal(worst.work - warm, 100 * 256);
+    assert.equal(worst.test(`${name}!`), true);
+
+    const { text } = random(7);
+    const hostile = compileCountingMatcher(`a${'.'.repeat(100)}!`, { search: true });
+    const values = Array.from({ length: 20 }, () => text(['a', 'b'], 256));
+    for (const v of values) assert.equal(hostile.test(v), false);
+    // Nearly every character is a new state: a step over ~100 positions each, but bounded.
+    assert.ok(hostile.work > 20 * 200 * 100, `work ${hostile.work}`);
+    assert.ok(hostile.work < 20 * 256 * 200, `work ${hostile.work}`);
+  });
+
+  test('a list `name` filter refuses (400) once its matching work passes the budget', () => {
+    const { text } = random(11);
+    const rows = Array.from({ length: 200 }, (_, i) => [`b${i}`, text(['a', 'b'], 256)] as const);
+    const costly = nameFilter(`a${'.'.repeat(100)}!`, 'buckets', 1_000_000);
+    assert.throws(
+      () => {
+        for (const [id, name] of rows) costly?.matches(id, name);
+      },
+      (err: unknown) =>
+        err instanceof HttpError &&
+        err.status === 400 &&
+        err.code === 'invalid_request' &&
+        /too costly to search this many buckets; use a simpler pattern or plain text/.test(err.message),
+    );
+    // Ordinary patterns over the same rows stay well within it.
+    for (const pattern of ['^b1.*a$', 'aab|bba', 'abba', 'b[0-9]+']) {
+      const f = nameFilter(pattern, 'buckets', 1_000_000);
+      const re = new RegExp(pattern, 'i');
+      for (const [id, name] of rows)
+        assert.equal(f?.matches(id, name), re.test(id) || re.test(name), pattern);
+    }
+    assert.ok(
+      MAX_NAME_FILTER_WORK > 10_000 * 384,
+      'the default allows 10,000 ids and names at one unit per character',
+    );
   });
 });

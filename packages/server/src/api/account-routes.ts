@@ -164,7 +164,7 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
             `no ${g.replace('_', ' ')} ${value} (this server has none)`,
           );
       }
-      const filter = nameFilter(request.query.name);
+      const filter = nameFilter(request.query.name, 'devices');
       const matches = (d: DeviceRecord) => filter === undefined || filter.matches(d.device, d.name);
       const scoped = request.principal?.scope?.devices;
       if (scoped && !Object.hasOwn(scoped, ANY_DEVICE)) {

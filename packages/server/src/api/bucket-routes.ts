@@ -353,9 +353,10 @@ export function registerBucketRoutes(
       const { user } = request.params;
       const { count = 100, index = 0 } = request.query;
       authorize(request.principal!, user, 'read');
-      const filter = nameFilter(request.query.name);
-      reply.header('x-total-count', String(store.countOf(user, filter?.matches)));
-      return store.list(user, count, index, filter?.matches).map(view);
+      const filter = nameFilter(request.query.name, 'buckets');
+      const { page, total } = store.page(user, count, index, filter?.matches);
+      reply.header('x-total-count', String(total));
+      return page.map(view);
     },
   );
 

@@ -184,7 +184,7 @@ export function registerEndpointRoutes(app: FastifyInstance, ctx: AppContext): v
       const { user } = request.params;
       const { count = 100, index = 0 } = request.query;
       authorize(request.principal!, user, 'admin');
-      const filter = nameFilter(request.query.name);
+      const filter = nameFilter(request.query.name, 'endpoints');
       if (filter !== undefined) {
         const { page, total } = ctx.endpoints.store.filter(user, filter.matches, count, index);
         reply.header('x-total-count', String(total));

@@ -1,13 +1,15 @@
 import { HttpError } from './errors.js';
-import { compilePattern, isPattern, PatternError } from './ws-pattern.js';
+import { type CountingMatcher, compileCountingMatcher, isPattern, PatternError } from './ws-pattern.js';
 
 /*
  * The `name` filter of list routes (devices, buckets, endpoints), as Thinger.io clients use
  * it: a case-insensitive regular expression searched in an asset's id and its name
  * (thinr-cli: `device list "^revpi|jetson"`; the Node-RED editor: what the user typed).
  * Plain text is a case-insensitive substring. Patterns go through the non-backtracking
- * matcher of ws-pattern.ts (time linear in text × pattern); what it cannot match (groups,
- * `{n}`, …) is refused with 400.
+ * matcher of ws-pattern.ts (time linear in text × pattern at worst, usually one step per
+ * character); what it cannot match (groups, `{n}`, …) is refused with 400. A list is matched
+ * synchronously, so one request's matching work is bounded (MAX_NAME_FILTER_WORK): a pattern
+ * that would take longer over the list is refused with 400 rather than stall the server.
  */
 
 export interface NameFilter {
@@ -20,6 +22,14 @@ export interface NameFilter {
 /** Longest `name` filter (characters). */
 export const MAX_NAME_FILTER_LENGTH = 128;
 
+/**
+ * Matching work (CountingMatcher.work: about one unit per character, more for a pattern
+ * whose states do not fit the matcher's cache) one request's filter may do, summed over the
+ * ids and names it tests: some tens of milliseconds at worst. Ordinary patterns cost about
+ * one unit per character: 10,000 buckets with 256-character names take under 4 million.
+ */
+export const MAX_NAME_FILTER_WORK = 16_000_000;
+
 /** The querystring schema of `name`. */
 export const nameFilterSchema = {
   type: 'string',
@@ -28,12 +38,20 @@ export const nameFilterSchema = {
     'Those whose id or name matches: a case-insensitive regular expression searched in both (`.`, `[…]`, `*`, `+`, `?`, `|`, `^`, `$`, `\\` escapes; no groups or `{n}`); plain text is a substring. Empty: no filter',
 } as const;
 
-/** The filter for a `name` query parameter (undefined or "": none); HttpError 400 for a pattern not supported. */
-export function nameFilter(name: string | undefined): NameFilter | undefined {
+/**
+ * The filter for a `name` query parameter (undefined or "": none); HttpError 400 for a
+ * pattern not supported, and from `matches` once the request's matching work exceeds
+ * `maxWork` (`what`: the assets listed, for the message).
+ */
+export function nameFilter(
+  name: string | undefined,
+  what = 'assets',
+  maxWork = MAX_NAME_FILTER_WORK,
+): NameFilter | undefined {
   if (name === undefined || name === '') return undefined;
-  let match: (value: string) => boolean;
+  let matcher: CountingMatcher;
   try {
-    match = compilePattern(name, { search: true, ignoreCase: true });
+    matcher = compileCountingMatcher(name, { search: true, ignoreCase: true });
   } catch (err) {
     if (err instanceof PatternError)
       throw new HttpError(
@@ -45,6 +63,15 @@ export function nameFilter(name: string | undefined): NameFilter | undefined {
   }
   return {
     text: isPattern(name) ? undefined : name,
-    matches: (id, assetName) => match(id) || match(assetName),
+    matches: (id, assetName) => {
+      const found = matcher.test(id) || matcher.test(assetName);
+      if (matcher.work > maxWork)
+        throw new HttpError(
+          400,
+          'invalid_request',
+          `name: pattern too costly to search this many ${what}; use a simpler pattern or plain text`,
+        );
+      return found;
+    },
   };
 }

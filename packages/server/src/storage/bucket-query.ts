@@ -1,12 +1,17 @@
-import { type BucketStore, MAX_TS, type StoredRecord } from './buckets.js';
+import { createHash } from 'node:crypto';
+import { type BucketStore, MAX_RECORD_BYTES, MAX_TS, type StoredRecord } from './buckets.js';
 
 /*
  * Bucket reads beyond "the last N records" (Thinger.io clients ask for them): records of one
  * device, chosen fields, one record per group (`group_by`), and aggregation over time windows
  * (`agg`, `agg_type`, in a time zone `tz`). Records are scanned page by page through the store
- * (so records not yet compacted are seen as well), yielding to the event loop between pages,
+ * (so records not yet compacted are seen as well), in pages bounded by records and by bytes,
+ * yielding to the event loop between pages (and within one after every PAGE_BYTES parsed),
  * and never more than a bounded number of them: a query that would need more is refused
- * (narrow the time range) rather than answered from part of the data.
+ * (narrow the time range) rather than answered from part of the data. What an answer holds
+ * in memory while it is built (records, groups, reducers and the values first/last keep) is
+ * charged to the answer's budget as it is kept: a query that would hold too much is refused
+ * (413) as soon as it does.
  */
 
 /** Records one query may scan. */
@@ -17,7 +22,14 @@ export const MAX_ANSWER_BYTES = 32 * 1024 * 1024;
 const MAX_KEPT_VALUES = 2_000_000;
 /** Reducers (fields × windows × groups) one aggregation may hold. */
 const MAX_REDUCERS = 500_000;
+/** Records in one page of a scan (at most). */
 const PAGE = 1000;
+/** Record text one page of a scan aims at (pages shrink for large records), and parsed between yields. */
+const PAGE_BYTES = 8 * 1024 * 1024;
+/** Records in the first page of a scan: PAGE_BYTES of the largest records. */
+const FIRST_PAGE = Math.max(1, Math.floor(PAGE_BYTES / MAX_RECORD_BYTES));
+/** Bytes charged for each value and reducer kept, beside its text. */
+const KEPT_OVERHEAD = 16;
 
 export const AGG_TYPES = [
   'count',
@@ -140,6 +152,15 @@ function project(value: unknown, fields: string[][], groupBy: string[] | undefin
   return out;
 }
 
+/**
+ * A Map key for a group: long texts by their digest. (V8 hashes a long string by its length
+ * alone: long group values of one length would all collide, each lookup comparing them all.)
+ */
+function groupKey(text: string): string {
+  // JSON text and window keys never start with "#".
+  return text.length <= 1024 ? text : `#${createHash('sha256').update(text).digest('base64')}`;
+}
+
 // --- time windows
 
 const UNIT_MS = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000 } as const;
@@ -190,7 +211,17 @@ class Zone {
   }
 }
 
-/** The start of the window holding `ts`. */
+/** 00:00 UTC of the first day of a month of any year (Date.UTC reads years 0–99 as 1900–1999). */
+function monthStart(year: number, month: number): number {
+  const d = new Date(0);
+  d.setUTCFullYear(year, month, 1);
+  return d.getTime();
+}
+
+/**
+ * The start of the window holding `ts`, or 0 for a window that starts before 1970 (large
+ * windows, counted from year 0 or from 1970 in a time zone ahead of UTC): no record is older.
+ */
 function windowStart(ts: number, agg: NonNullable<BucketQuery['agg']>, zone: Zone): number {
   const { n, unit } = agg;
   if (unit === 's' || unit === 'm' || unit === 'h') {
@@ -201,16 +232,23 @@ function windowStart(ts: number, agg: NonNullable<BucketQuery['agg']>, zone: Zon
   if (unit === 'd' || unit === 'w') {
     const size = n * UNIT_MS[unit];
     const shift = unit === 'w' ? MONDAY_MS : 0;
-    return zone.utc(Math.floor((local - shift) / size) * size + shift, ts);
+    return Math.max(0, zone.utc(Math.floor((local - shift) / size) * size + shift, ts));
   }
   const d = new Date(local);
   const months = d.getUTCFullYear() * 12 + d.getUTCMonth();
   const per = unit === 'y' ? 12 * n : n;
   const first = Math.floor(months / per) * per;
-  return zone.utc(Date.UTC(Math.floor(first / 12), first % 12, 1), ts);
+  const start = monthStart(Math.floor(first / 12), first % 12);
+  // A month before 1970 (local time) starts before 1970 in UTC too.
+  return start < 0 ? 0 : Math.max(0, zone.utc(start, ts));
 }
 
 // --- reducers
+
+/** Bytes a kept value is charged: its text (strings), else a number's worth. */
+function keptSize(v: unknown): number {
+  return (typeof v === 'string' ? v.length : 8) + KEPT_OVERHEAD;
+}
 
 class Reducer {
   count = 0;
@@ -219,19 +257,27 @@ class Reducer {
   m2 = 0;
   min = Number.POSITIVE_INFINITY;
   max = Number.NEGATIVE_INFINITY;
+  /** The first / last value (kept only for agg_type first / last). */
   first: unknown;
   last: unknown;
   values: number[] | undefined;
 
-  constructor(keep: boolean) {
-    if (keep) this.values = [];
+  constructor(private readonly type: AggType) {
+    if (type === 'median' || type === 'mode') this.values = [];
   }
 
-  add(v: unknown, numeric: boolean): void {
-    if (this.count === 0) this.first = v;
-    this.last = v;
+  /** Adds a value; returns the change in bytes this reducer keeps (first / last values). */
+  add(v: unknown, numeric: boolean): number {
+    let kept = 0;
+    if (this.type === 'first' && this.count === 0) {
+      this.first = v;
+      kept = keptSize(v);
+    } else if (this.type === 'last') {
+      kept = keptSize(v) - (this.count === 0 ? 0 : keptSize(this.last));
+      this.last = v;
+    }
     this.count++;
-    if (!numeric) return;
+    if (!numeric) return kept;
     const x = v as number;
     this.sum += x;
     const d = x - this.mean;
@@ -240,6 +286,7 @@ class Reducer {
     if (x < this.min) this.min = x;
     if (x > this.max) this.max = x;
     this.values?.push(x);
+    return kept;
   }
 
   result(type: AggType): unknown {
@@ -290,6 +337,8 @@ class Reducer {
 class Bucket {
   readonly leaves = new Map<string, { path: string[]; r: Reducer }>();
   firstTs = Number.POSITIVE_INFINITY;
+  /** Bytes charged to the answer for this row while it is aggregated. */
+  held = 0;
   constructor(readonly groupValue: unknown) {}
 }
 
@@ -311,23 +360,39 @@ function forEachLeaf(
 
 // --- the scan
 
+const nextTurn = () => new Promise((resolve) => setImmediate(resolve));
+
 async function scan(
   store: BucketStore,
   username: string,
   bucket: string,
   q: BucketQuery,
   visit: (r: StoredRecord) => boolean,
+  stats: QueryStats,
 ): Promise<void> {
   let min = q.minTs ?? 0;
   let max = q.maxTs ?? MAX_TS;
   let scanned = 0;
+  // Pages start with as many of the largest records as PAGE_BYTES holds, and grow (to PAGE)
+  // as long as the records seen are smaller.
+  let items = FIRST_PAGE;
+  let longest = 0;
+  let parsed = 0;
   for (;;) {
-    const page = store.read(username, bucket, { items: PAGE, minTs: min, maxTs: max, sort: q.sort });
+    const page = store.read(username, bucket, { items, minTs: min, maxTs: max, sort: q.sort });
+    stats.pages++;
     for (const r of page) {
       scanned++;
+      stats.records++;
+      if (r.data.length > longest) longest = r.data.length;
+      parsed += r.data.length;
       if (!visit(r)) return;
+      if (parsed >= PAGE_BYTES) {
+        parsed = 0;
+        await nextTurn();
+      }
     }
-    if (page.length < PAGE) return;
+    if (page.length < items) return;
     if (scanned >= MAX_SCAN)
       throw new QueryError(
         400,
@@ -338,8 +403,23 @@ async function scan(
     if (q.sort === 'desc') max = last - 1;
     else min = last + 1;
     if (min > max) return;
-    await new Promise((resolve) => setImmediate(resolve));
+    items = Math.max(FIRST_PAGE, Math.min(PAGE, items * 2, Math.floor(PAGE_BYTES / Math.max(1, longest))));
+    await nextTurn();
   }
+}
+
+/** What a query did (tests and tools): pages and records read, most bytes held for the answer. */
+export interface QueryStats {
+  pages: number;
+  records: number;
+  peakBytes: number;
+}
+
+export interface QueryOptions {
+  /** Bytes the answer (and what is kept to build it) may hold (default MAX_ANSWER_BYTES). */
+  maxAnswerBytes?: number;
+  /** Filled in as the query runs. */
+  stats?: QueryStats;
 }
 
 /**
@@ -351,7 +431,10 @@ export async function runQuery(
   username: string,
   bucket: string,
   q: BucketQuery,
+  options: QueryOptions = {},
 ): Promise<QueryRow[]> {
+  const maxBytes = options.maxAnswerBytes ?? MAX_ANSWER_BYTES;
+  const stats = options.stats ?? { pages: 0, records: 0, peakBytes: 0 };
   // A record of the device names it in its `device` field (parsed only when it may).
   const keepsDevice = (r: StoredRecord): { keep: boolean; value?: unknown } => {
     if (!q.device || q.device.all) return { keep: true };
@@ -360,20 +443,25 @@ export async function runQuery(
     return { keep: isObject(value) && value.device === q.device.id, value };
   };
   let bytes = 0;
-  const budget = (text: string) => {
-    bytes += text.length + 20;
-    if (bytes > MAX_ANSWER_BYTES)
+  /** Charges `n` bytes (negative: released) to the answer. */
+  const charge = (n: number) => {
+    bytes += n;
+    if (bytes > stats.peakBytes) stats.peakBytes = bytes;
+    if (bytes > maxBytes)
       throw new QueryError(
         413,
         'response_too_large',
-        'the answer would be too large: ask for fewer items or fields',
+        'the answer would be too large: ask for fewer items or fields, a larger agg or a narrower time range',
       );
   };
+  const budget = (text: string) => charge(text.length + 20);
+  const records = (query: BucketQuery, visit: (r: StoredRecord) => boolean) =>
+    scan(store, username, bucket, query, visit, stats);
 
   // Records (of the device), with the chosen fields, and no grouping or aggregation.
   if (!q.groupBy && !q.aggType) {
     const rows: QueryRow[] = [];
-    await scan(store, username, bucket, q, (r) => {
+    await records(q, (r) => {
       const { keep, value } = keepsDevice(r);
       if (!keep) return true;
       const data = q.fields
@@ -389,14 +477,15 @@ export async function runQuery(
   // One row per group: its first record in scan order (newest first unless sort=asc).
   if (!q.aggType) {
     const groups = new Map<string, QueryRow>();
-    await scan(store, username, bucket, q, (r) => {
+    await records(q, (r) => {
       const { keep, value } = keepsDevice(r);
       if (!keep) return true;
       const parsed = value === undefined ? JSON.parse(r.data) : value;
-      const key = JSON.stringify(getPath(parsed, q.groupBy as string[]) ?? null);
+      const group = JSON.stringify(getPath(parsed, q.groupBy as string[]) ?? null);
+      const key = groupKey(group);
       if (groups.has(key)) return true;
       const data = q.fields ? JSON.stringify(project(parsed, q.fields, q.groupBy)) : r.data;
-      budget(key);
+      budget(group);
       budget(data);
       groups.set(key, { ts: r.ts, data });
       return true;
@@ -407,23 +496,29 @@ export async function runQuery(
   // Aggregation: per group (if any) and window (if any), each leaf reduced.
   const aggType = q.aggType;
   const keep = aggType === 'median' || aggType === 'mode';
+  /** Charges what a row being aggregated keeps (released when the row is written out). */
+  const hold = (b: Bucket, n: number) => {
+    b.held += n;
+    charge(n);
+  };
   const numericOnly = aggType !== 'count' && aggType !== 'first' && aggType !== 'last';
   const zone = new Zone(q.tz ?? 'UTC');
   const buckets = new Map<string, Bucket>();
   let kept = 0;
   let reducers = 0;
-  await scan(store, username, bucket, { ...q, sort: 'asc' }, (r) => {
+  await records({ ...q, sort: 'asc' }, (r) => {
     const { keep: mine, value } = keepsDevice(r);
     if (!mine) return true;
     let parsed = value === undefined ? JSON.parse(r.data) : value;
     const groupValue = q.groupBy ? (getPath(parsed, q.groupBy) ?? null) : undefined;
     if (q.fields) parsed = project(parsed, q.fields, undefined);
     const start = q.agg ? windowStart(r.ts, q.agg, zone) : 0;
-    const key = `${start}\u0000${q.groupBy ? JSON.stringify(groupValue) : ''}`;
+    const group = `${start}\u0000${q.groupBy ? JSON.stringify(groupValue) : ''}`;
+    const key = groupKey(group);
     let b = buckets.get(key);
     if (!b) {
-      budget(key); // group values held in memory count as answer (they are in it)
       b = new Bucket(groupValue);
+      hold(b, group.length + 20); // group values held in memory count as answer (they are in it)
       buckets.set(key, b);
       if (buckets.size > MAX_SCAN)
         throw new QueryError(400, 'range_too_large', 'too many windows: use a larger agg');
@@ -445,10 +540,12 @@ export async function runQuery(
             'range_too_large',
             'too many fields × windows × groups to aggregate: use a larger agg, fields or a narrower range',
           );
-        leaf = { path, r: new Reducer(keep) };
+        leaf = { path, r: new Reducer(aggType) };
         bucketRef.leaves.set(k, leaf);
+        hold(bucketRef, k.length + KEPT_OVERHEAD);
       }
-      leaf.r.add(v, numeric);
+      const more = leaf.r.add(v, numeric);
+      if (more !== 0) hold(bucketRef, more);
       if (keep && ++kept > MAX_KEPT_VALUES)
         throw new QueryError(
           400,
@@ -467,6 +564,9 @@ export async function runQuery(
       if (v !== undefined && !(typeof v === 'number' && !Number.isFinite(v))) setPath(out, path, v);
     }
     const data = JSON.stringify(out);
+    // The row's text replaces what was kept to build it.
+    charge(-b.held);
+    b.held = 0;
     budget(data);
     rows.push({ ts: b.firstTs, data });
   }

@@ -632,6 +632,20 @@ export class BucketStore {
     return this.matching(username, match).length;
   }
 
+  /**
+   * A page of the user's buckets and how many there are in all, with `match` as for list():
+   * each bucket is matched once.
+   */
+  page(
+    username: string,
+    count: number,
+    index: number,
+    match?: BucketMatch,
+  ): { page: BucketRecord[]; total: number } {
+    const all = this.matching(username, match);
+    return { page: all.slice(index, index + count), total: all.length };
+  }
+
   private matching(username: string, match: BucketMatch | undefined): BucketRecord[] {
     const all = this.ofUser(username);
     if (match === undefined) return all;
