@@ -550,7 +550,9 @@ describe('iotmp commands, logged in', () => {
       assert.equal(report.devices, 5);
       assert.equal(report.connected, 5);
       assert.equal(report.created, 5);
-      assert.ok(report.messages! >= 2, `messages ${report.messages}`);
+      // The listener's first frame may be the stream's current value (the OK of START_STREAM),
+      // which the simulator does not count: of its 2 frames, at least 1 was streamed.
+      assert.ok(report.messages! >= 1, `messages ${report.messages}`);
       assert.ok(report.calls! >= 1, `calls ${report.calls}`);
       assert.ok(report.propertyUpdates! >= 1);
       assert.equal(report.errors, 0);
