@@ -405,6 +405,17 @@ describe('scoped access tokens', () => {
     }
     const all = await t.api('GET', `/v3/users/${ADMIN}/devices/d1/resources`);
     assert.ok(Object.keys(all.body as object).length > 1, 'a login sees every resource');
+    // Properties hold the device's configuration: not for a token limited to some resources.
+    const props = `/v3/users/${ADMIN}/devices/d1/properties`;
+    assert.equal((await t.api('PUT', `${props}/secret`, { json: { value: { key: 'k1' } } })).status, 200);
+    assertErrorBody(await as(tok, 'GET', props), 403, 'forbidden');
+    assertErrorBody(await as(tok, 'GET', `${props}/secret`), 403, 'forbidden');
+    assertErrorBody(await as(tok, 'PUT', `${props}/secret`, { value: 'stolen' }), 403, 'forbidden');
+    assert.deepEqual(((await t.api('GET', `${props}/secret`)).body as { value: unknown }).value, {
+      key: 'k1',
+    });
+    const wholeDevice = await token('whole-d1', { access: 'call', devices: { d1: {} } });
+    assert.equal((await as(wholeDevice.access_token, 'GET', `${props}/secret`)).status, 200);
   });
 
   it('scoped tokens cannot manage devices or tokens (403), nothing changes', async () => {

@@ -638,6 +638,36 @@ describe('WebSocket API: Thinger.io tools', () => {
     await d.close();
   });
 
+  test("a token limited to some resources of a device gets no property events of it (properties are the whole device's)", async () => {
+    const limited = (
+      (
+        await t.api('POST', `/v1/users/${ADMIN}/tokens`, {
+          json: {
+            name: 'props-limited',
+            scope: { access: 'read', devices: { 'pl-1': { resources: ['sample'] } } },
+          },
+        })
+      ).body as { access_token: string }
+    ).access_token;
+    const c = await Client.open(t, `/v2/users/${ADMIN}/events`, limited);
+    c.send({ event: 'device_property_update', filters: { device: 'pl-1' } });
+    await c.json({ signal: 'start' });
+    c.send({ event: 'device_state_change', filters: { device: 'pl-1' } });
+    await c.json({ signal: 'start', event: 'device_state_change' });
+    const d = await connectDevice('pl-1');
+    assert.equal(
+      (await t.api('PUT', `/v3/users/${ADMIN}/devices/pl-1/properties/config`, { json: { value: { k: 1 } } }))
+        .status,
+      200,
+    );
+    await d.close();
+    // The connect and the disconnect arrive; the property change in between does not.
+    const events: unknown[] = [];
+    for (let i = 0; i < 2; i++) events.push((await c.next(() => true, `frame ${i}`)).json?.event);
+    assert.deepEqual(events, ['device_state_change', 'device_state_change']);
+    await c.close();
+  });
+
   test('v1 patterns and device-limited tokens: account-wide events are left out of a pattern, refused by name, and a refused frame changes nothing', async () => {
     const limited = (
       (

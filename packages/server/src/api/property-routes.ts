@@ -1,5 +1,5 @@
 import type { FastifyInstance } from 'fastify';
-import { authorize } from '../auth/tokens.js';
+import { authorizeProperties } from '../auth/tokens.js';
 import { PropertyError, type PropertyRecord } from '../storage/properties.js';
 import { type AppContext, deviceParams, ID_PATTERN } from './context.js';
 import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
@@ -86,7 +86,7 @@ export function registerPropertyRoutes(app: FastifyInstance, ctx: AppContext): v
     },
     async (request) => {
       const { user, device } = request.params;
-      authorize(request.principal!, user, 'read', device);
+      authorizeProperties(request.principal!, user, 'read', device);
       deviceMustExist(user, device);
       return store.list(user, device).map(view);
     },
@@ -109,7 +109,7 @@ export function registerPropertyRoutes(app: FastifyInstance, ctx: AppContext): v
     },
     async (request, reply) => {
       const { user, device } = request.params;
-      authorize(request.principal!, user, 'call', device);
+      authorizeProperties(request.principal!, user, 'call', device);
       deviceMustExist(user, device);
       const body = request.body;
       try {
@@ -139,7 +139,7 @@ export function registerPropertyRoutes(app: FastifyInstance, ctx: AppContext): v
     },
     async (request) => {
       const { user, device, property } = request.params;
-      authorize(request.principal!, user, 'read', device);
+      authorizeProperties(request.principal!, user, 'read', device);
       deviceMustExist(user, device);
       return view(getOr404(user, device, property));
     },
@@ -165,7 +165,7 @@ export function registerPropertyRoutes(app: FastifyInstance, ctx: AppContext): v
     },
     async (request) => {
       const { user, device, property } = request.params;
-      authorize(request.principal!, user, 'call', device);
+      authorizeProperties(request.principal!, user, 'call', device);
       deviceMustExist(user, device);
       const body = request.body;
       if (body.property !== undefined && body.property !== property)
@@ -199,7 +199,7 @@ export function registerPropertyRoutes(app: FastifyInstance, ctx: AppContext): v
     },
     async (request) => {
       const { user, device, property } = request.params;
-      authorize(request.principal!, user, 'call', device);
+      authorizeProperties(request.principal!, user, 'call', device);
       deviceMustExist(user, device);
       try {
         return view(store.patch(user, device, property, request.body.value));
@@ -220,7 +220,7 @@ export function registerPropertyRoutes(app: FastifyInstance, ctx: AppContext): v
     },
     async (request, reply) => {
       const { user, device, property } = request.params;
-      authorize(request.principal!, user, 'call', device);
+      authorizeProperties(request.principal!, user, 'call', device);
       deviceMustExist(user, device);
       if (!store.delete(user, device, property))
         throw new HttpError(404, 'property_not_found', `property ${property} does not exist`);

@@ -1,6 +1,6 @@
 import type { PsonValue } from '@iotmp/pson';
 import type { WebSocket } from 'ws';
-import { authorize, type Principal } from '../auth/tokens.js';
+import { authorize, authorizeProperties, type Principal } from '../auth/tokens.js';
 import type { DeviceStateChange } from '../devices/hub.js';
 import { topicFilterError } from '../events/topics.js';
 import type { SharedStreams } from '../streams/shared-streams.js';
@@ -181,7 +181,7 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
 
   const unlistenProperties = ctx.events.subscribe(user, 'device_property_update', (change) => {
     const f = subscriptions.get('device_property_update');
-    if (!f || !deviceMatches(f, change.device)) return;
+    if (!f || !deviceMatches(f, change.device) || !mayReadProperties(principal, user, change.device)) return;
     if (f.property !== undefined && !f.property(change.property)) return;
     if (v1)
       sendData({
@@ -447,6 +447,15 @@ export function serveEvents(socket: WebSocket, o: EventsSocketOptions): void {
 }
 
 /** Whether the token reaches what is the account's rather than a device's (buckets, topics). */
+function mayReadProperties(principal: Principal, user: string, device: string): boolean {
+  try {
+    authorizeProperties(principal, user, 'read', device);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 function mayReadAccount(principal: Principal, user: string): boolean {
   try {
     authorize(principal, user, 'read');

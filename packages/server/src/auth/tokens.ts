@@ -251,6 +251,26 @@ export function authorize(
 }
 
 /**
+ * {@link authorize} for a device's properties: a token limited to some resources of a device
+ * (e.g. a Thinger.io device token with `token_resources`) does not reach its properties, which
+ * hold the device's configuration.
+ */
+export function authorizeProperties(
+  principal: Principal,
+  username: string,
+  access: Access,
+  device: string,
+): void {
+  authorize(principal, username, access, device);
+  if (visibleResources(principal, device) !== undefined)
+    throw new AuthFailure(
+      `this access token is limited to some resources of device ${device}: properties need a token for the whole device`,
+      403,
+      'forbidden',
+    );
+}
+
+/**
  * The resources of `device` a principal may see, or undefined for all of them (a token without
  * a resource list). Call after {@link authorize} has allowed the device.
  */
