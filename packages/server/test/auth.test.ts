@@ -444,6 +444,31 @@ describe('scoped access tokens', () => {
     assert.equal(((await t.api('GET', `/v1/users/${ADMIN}/tokens`)).body as unknown[]).length, tokensBefore);
   });
 
+  it('a user holds at most 1,000 access tokens (409 too_many_tokens), and may make more after deleting', async () => {
+    const list = async () =>
+      (await t.api('GET', `/v1/users/${ADMIN}/tokens?count=1000`)).body as Array<{ id: string }>;
+    const made: string[] = [];
+    for (let n = (await list()).length; n < 1000; n++) {
+      const res = await t.api('POST', `/v1/users/${ADMIN}/tokens`, {
+        json: { name: `bulk-${n}`, scope: { access: 'read' } },
+      });
+      assert.equal(res.status, 201, res.bytes.toString());
+      made.push((res.body as { id: string }).id);
+    }
+    assertErrorBody(
+      await t.api('POST', `/v1/users/${ADMIN}/tokens`, { json: { name: 'one-too-many' } }),
+      409,
+      'too_many_tokens',
+    );
+    assert.equal((await list()).length, 1000);
+    for (const id of made)
+      assert.equal((await t.api('DELETE', `/v1/users/${ADMIN}/tokens/${id}`)).status, 200);
+    assert.equal(
+      (await t.api('POST', `/v1/users/${ADMIN}/tokens`, { json: { name: 'after-cleanup' } })).status,
+      201,
+    );
+  });
+
   it('deleting a token revokes it at once (401)', async () => {
     const { access_token: tok, id } = await token('short-lived', { access: 'read' });
     assert.equal((await as(tok, 'GET', `/v1/users/${ADMIN}/devices`)).status, 200);

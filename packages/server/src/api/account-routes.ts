@@ -91,6 +91,9 @@ type DeviceListQuery = { count?: number; index?: number; name?: string } & Parti
   Record<(typeof GROUPINGS)[number], string>
 >;
 
+/** Access tokens one user may hold (device tokens included). */
+const MAX_TOKENS_PER_USER = 1000;
+
 /**
  * A token made or changed with an access token (not a login) may not outlive it: otherwise a
  * token about to expire could mint a permanent one. Returns the expiry to store.
@@ -569,6 +572,13 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
     input: Parameters<typeof ctx.tokens.createAccessToken>[1],
     reply: { code(n: number): unknown },
   ) => {
+    // Every request with a token reads its record: a user's tokens are bounded like their other assets.
+    if (ctx.accounts.listAccessTokens(user).length >= MAX_TOKENS_PER_USER)
+      throw new HttpError(
+        409,
+        'too_many_tokens',
+        `at most ${MAX_TOKENS_PER_USER} access tokens per user: delete unused ones first`,
+      );
     try {
       const { record, token } = await ctx.tokens.createAccessToken(user, input);
       reply.code(201);
