@@ -205,3 +205,33 @@ export class EventsConsumer {
     this.sock.destroy();
   }
 }
+
+/**
+ * One events WebSocket subscribed to `device_resource_stream` on `resource` of every device;
+ * resolves once the subscription is acknowledged and `devices` device streams have started.
+ */
+export async function openFleetConsumer(
+  port: number,
+  path: string,
+  resource: string,
+  devices: number,
+  timeoutMs = 60_000,
+): Promise<EventsConsumer> {
+  const c = await EventsConsumer.open(
+    port,
+    path,
+    { event: 'device_resource_stream', filters: { resource } },
+    10_000,
+    resourceFrameCheck,
+  );
+  // The acknowledgement, then one start per device stream.
+  const deadline = performance.now() + timeoutMs;
+  while (c.starts < devices + 1) {
+    if (performance.now() > deadline || c.problemCount > 0)
+      throw new Error(
+        `only ${c.starts - 1} of ${devices} device streams started within ${timeoutMs / 1000} s; ${c.problems.join('; ')}`,
+      );
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return c;
+}

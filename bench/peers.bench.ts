@@ -48,7 +48,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Generators } from './peers-generator.js';
-import { EventsConsumer, resourceFrameCheck } from './peers-iotmp.js';
+import { EventsConsumer, openFleetConsumer } from './peers-iotmp.js';
 import { digitsAt, encodePublish, MqttClient } from './peers-mqtt.js';
 import {
   COMMAND_ID_PREFIX,
@@ -356,22 +356,12 @@ async function mqttConsumer(port: number): Promise<Consumer> {
 async function iotmpConsumer(sys: IotmpSystem, mode: IotmpTelemetry, devices: number[]): Promise<Consumer> {
   const token = encodeURIComponent(sys.rest.token);
   if (mode === 'fleet') {
-    const c = await EventsConsumer.open(
+    const c = await openFleetConsumer(
       sys.server.httpPort,
       `/v2/users/${BENCH_USER}/events?authorization=${token}`,
-      { event: 'device_resource_stream', filters: { resource: SAMPLE_RESOURCE } },
-      10_000,
-      resourceFrameCheck,
+      SAMPLE_RESOURCE,
+      devices.length,
     );
-    // The acknowledgement, then a start per device stream.
-    const deadline = performance.now() + 60_000;
-    while (c.starts < devices.length + 1) {
-      if (performance.now() > deadline || c.problemCount > 0)
-        throw new Error(
-          `only ${c.starts - 1} of ${devices.length} device streams started within 60 s; ${c.problems.join('; ')}`,
-        );
-      await sleep(20);
-    }
     return { delivered: () => c.delivered, problems: () => c.problems, close: () => c.close() };
   }
   if (mode === 'topic') {

@@ -43,7 +43,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { Pool } from 'undici';
-import { EventsConsumer, resourceFrameCheck } from './peers-iotmp.js';
+import { openFleetConsumer } from './peers-iotmp.js';
 import {
   type CpuProfile,
   Inspector,
@@ -451,22 +451,12 @@ interface StreamReader {
 async function openStreamReader(ctx: Ctx, indices: number[]): Promise<StreamReader> {
   const token = encodeURIComponent(ctx.rest.token);
   if (STREAM_VIA === 'fleet') {
-    const c = await EventsConsumer.open(
+    const c = await openFleetConsumer(
       ctx.server.httpPort,
       `/v2/users/${BENCH_USER}/events?authorization=${token}`,
-      { event: 'device_resource_stream', filters: { resource: SAMPLE_RESOURCE } },
-      10_000,
-      resourceFrameCheck,
+      SAMPLE_RESOURCE,
+      indices.length,
     );
-    // The acknowledgement, then one start per device stream.
-    const deadline = performance.now() + 60_000;
-    while (c.starts < indices.length + 1) {
-      if (performance.now() > deadline || c.problemCount > 0)
-        throw new Error(
-          `only ${c.starts - 1} of ${indices.length} device streams started within 60 s; ${c.problems.join('; ')}`,
-        );
-      await sleep(50);
-    }
     return {
       total: () => c.delivered,
       delivered: () => undefined,

@@ -102,6 +102,18 @@ export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): v
     }
   };
 
+  /** DESCRIBE of every resource, cut to what the token may see. */
+  const describeAll = async (request: FastifyRequest, reply: FastifyReply, user: string, device: string) => {
+    authorize(request.principal!, user, 'read', device);
+    const live = liveDevice(user, device);
+    try {
+      const api = await timed(() => live.session.describe(undefined, { timeoutMs }));
+      return send(reply, onlyVisible(request.principal!, device, api));
+    } catch (err) {
+      throw mapDeviceError(err, 'DESCRIBE', timeoutMs);
+    }
+  };
+
   app.get<{ Params: { user: string; device: string } }>(
     '/v3/users/:user/devices/:device/resources',
     {
@@ -118,23 +130,7 @@ export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): v
         response: { ...errors },
       },
     },
-    async (request, reply) => {
-      const { user, device } = request.params;
-      authorize(request.principal!, user, 'read', device);
-      const live = liveDevice(user, device);
-      try {
-        return send(
-          reply,
-          onlyVisible(
-            request.principal!,
-            device,
-            await timed(() => live.session.describe(undefined, { timeoutMs })),
-          ),
-        );
-      } catch (err) {
-        throw mapDeviceError(err, 'DESCRIBE', timeoutMs);
-      }
-    },
+    async (request, reply) => describeAll(request, reply, request.params.user, request.params.device),
   );
 
   /** GET of a resource path: describe (…/api), list (api), or run with the query as parameters. */
@@ -147,22 +143,7 @@ export function registerResourceRoutes(app: FastifyInstance, ctx: AppContext): v
     query: Record<string, string>,
   ) => {
     // …/resources/api lists every resource, as on Thinger.io (a resource named "api" is …/api/api).
-    if (path === 'api') {
-      authorize(request.principal!, user, 'read', device);
-      const live = liveDevice(user, device);
-      try {
-        return send(
-          reply,
-          onlyVisible(
-            request.principal!,
-            device,
-            await timed(() => live.session.describe(undefined, { timeoutMs })),
-          ),
-        );
-      } catch (err) {
-        throw mapDeviceError(err, 'DESCRIBE', timeoutMs);
-      }
-    }
+    if (path === 'api') return describeAll(request, reply, user, device);
     const describe = path.endsWith('/api');
     const resource = describe ? path.slice(0, -4) : path;
     if (!resource) throw new HttpError(400, 'invalid_request', 'resource name missing');
