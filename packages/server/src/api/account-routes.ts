@@ -12,7 +12,7 @@ import {
 } from '../storage/accounts.js';
 import { type AppContext, deviceParams, ID_PATTERN, userParams } from './context.js';
 import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
-import { nameFilter, nameFilterSchema } from './name-filter.js';
+import { filteredListQuery, nameFilter } from './name-filter.js';
 import { SERVER_EVENT_LIST } from './ws-events.js';
 
 const deviceSchema = {
@@ -143,9 +143,7 @@ export function registerAccountRoutes(app: FastifyInstance, ctx: AppContext): vo
         querystring: {
           type: 'object',
           properties: {
-            count: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
-            index: { type: 'integer', minimum: 0, default: 0 },
-            name: nameFilterSchema,
+            ...filteredListQuery,
             ...Object.fromEntries(GROUPINGS.map((g) => [g, { type: 'string', maxLength: 128 }])),
             authorization: { type: 'string' },
           },

@@ -28,7 +28,7 @@ import {
 import { groupingProperties, refuseGroupings } from './account-routes.js';
 import { type AppContext, deviceParams, ID_PATTERN, userParams } from './context.js';
 import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
-import { nameFilter, nameFilterSchema } from './name-filter.js';
+import { filteredListQuery, nameFilter } from './name-filter.js';
 
 const errors = {
   400: errorSchema,
@@ -340,10 +340,7 @@ export function registerBucketRoutes(
         querystring: {
           type: 'object',
           properties: {
-            count: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
-            index: { type: 'integer', minimum: 0, default: 0 },
-            name: nameFilterSchema,
-            authorization: { type: 'string' },
+            ...filteredListQuery,
           },
         },
         response: { 200: { type: 'array', items: bucketSchema }, ...errors },

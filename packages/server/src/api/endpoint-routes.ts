@@ -6,7 +6,7 @@ import { AlreadyExistsError } from '../storage/accounts.js';
 import { type EndpointRecord, HTTP_METHODS, type HttpRequestProfile } from '../storage/endpoints.js';
 import { type AppContext, ID_PATTERN, userParams } from './context.js';
 import { deletedSchema, errorSchema, HttpError, sendDeleted } from './errors.js';
-import { nameFilter, nameFilterSchema } from './name-filter.js';
+import { filteredListQuery, nameFilter } from './name-filter.js';
 
 /** Endpoints one user may have. */
 export const MAX_ENDPOINTS_PER_USER = 1000;
@@ -171,10 +171,7 @@ export function registerEndpointRoutes(app: FastifyInstance, ctx: AppContext): v
         querystring: {
           type: 'object',
           properties: {
-            count: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
-            index: { type: 'integer', minimum: 0, default: 0 },
-            name: nameFilterSchema,
-            authorization: { type: 'string' },
+            ...filteredListQuery,
           },
         },
         response: { 200: { type: 'array', items: endpointSchema }, ...errors },

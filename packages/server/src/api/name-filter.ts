@@ -38,6 +38,14 @@ export const nameFilterSchema = {
     'Those whose id or name matches: a case-insensitive regular expression searched in both (`.`, `[…]`, `*`, `+`, `?`, `|`, `^`, `$`, `\\` escapes; no groups or `{n}`); plain text is a substring. Empty: no filter',
 } as const;
 
+/** The querystring properties of a filtered, paged list (devices, buckets, endpoints). */
+export const filteredListQuery = {
+  count: { type: 'integer', minimum: 1, maximum: 1000, default: 100 },
+  index: { type: 'integer', minimum: 0, default: 0 },
+  name: nameFilterSchema,
+  authorization: { type: 'string' },
+} as const;
+
 /**
  * The filter for a `name` query parameter (undefined or "": none); HttpError 400 for a
  * pattern not supported, and from `matches` once the request's matching work exceeds
